@@ -1,0 +1,96 @@
+"""Parent-side dispatch: hand a rebuilt worker record to the parent's logging.
+
+Shared by every transport (the process pool's listener and the Dask adapter), so that a
+record is handled the same way whichever way it travelled.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+from collections.abc import Iterable
+
+
+def check_handlers(handlers: Iterable[object] | None) -> tuple[logging.Handler, ...] | None:
+    """Validate the ``handlers=`` option: None, or an iterable of ``logging.Handler``."""
+    if handlers is None:
+        return None
+    if isinstance(handlers, (str, bytes, logging.Handler)) or not isinstance(handlers, Iterable):
+        raise TypeError(f"handlers must be None or a sequence of logging.Handler, got {handlers!r}")
+    checked: list[logging.Handler] = []
+    for index, handler in enumerate(handlers):
+        if not isinstance(handler, logging.Handler):
+            raise TypeError(f"handlers[{index}] must be a logging.Handler, got {handler!r}")
+        checked.append(handler)
+    return tuple(checked)
+
+
+class Dispatcher:
+    """Hands records to the parent's logger tree, or to an explicit list of handlers.
+
+    By default a record goes to ``logging.getLogger(record.name).handle(record)``, exactly
+    as if the call had been made in the parent, so per-logger handlers, ``propagate=False``,
+    handler levels, filters, dictConfig and pytest's caplog all apply. With ``handlers`` it
+    goes to exactly those handlers, each respecting its level, and never to root's.
+
+    Each record runs inside the ``contextvars.Context`` of the ``submit`` call that made its
+    task, so filters that read context variables see the submitter's values.
+    """
+
+    def __init__(self, handlers: tuple[logging.Handler, ...] | None = None) -> None:
+        self._handlers = handlers
+        # Loggers are never removed from logging's manager, so caching them is safe and
+        # skips getLogger's module lock on every record.
+        self._loggers: dict[str, logging.Logger] = {}
+        self._contexts: dict[int, contextvars.Context] = {}
+        # Guards _contexts: submit and done-callbacks run on other threads than dispatch.
+        self._contexts_lock = threading.Lock()
+        # Reports failures of handlers that raise instead of calling handleError.
+        self._error_reporter = logging.Handler()
+
+    def register(self, task_id: int, context: contextvars.Context) -> None:
+        with self._contexts_lock:
+            self._contexts[task_id] = context
+
+    def forget(self, task_id: int) -> None:
+        with self._contexts_lock:
+            self._contexts.pop(task_id, None)
+
+    def forget_all(self) -> None:
+        with self._contexts_lock:
+            self._contexts.clear()
+
+    def dispatch(self, task_id: int | None, record: logging.LogRecord) -> None:
+        """Handle one record in its submitter's context; never raises."""
+        context = self._contexts.get(task_id) if task_id is not None else None
+        if context is None:
+            self._deliver(record)
+        else:
+            context.run(self._deliver, record)
+
+    def _deliver(self, record: logging.LogRecord) -> None:
+        handlers = self._handlers
+        if handlers is not None:
+            for handler in handlers:
+                if record.levelno >= handler.level:
+                    try:
+                        handler.handle(record)
+                    except Exception:
+                        handler.handleError(record)
+            return
+        logger = self._loggers.get(record.name)
+        if logger is None:
+            logger = self._logger_for(record.name)
+        try:
+            logger.handle(record)
+        except Exception:
+            # Stdlib handlers catch their own errors; this is for one that does not. Report
+            # it the way logging does, and keep the listener alive for the next record.
+            self._error_reporter.handleError(record)
+
+    def _logger_for(self, name: str) -> logging.Logger:
+        # A worker's root logger is named "root"; map it to the parent's root explicitly.
+        logger = logging.getLogger() if name == logging.root.name else logging.getLogger(name)
+        self._loggers[name] = logger
+        return logger

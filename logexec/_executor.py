@@ -1,0 +1,214 @@
+"""``LoggingProcessPoolExecutor``: a ``ProcessPoolExecutor`` whose workers log through the parent.
+
+Data flow::
+
+   parent process                                   worker processes (spawn | fork | forkserver)
+   ──────────────────────────────────────────────   ─────────────────────────────────────────────
+   submit(fn, *args)                                 initializer (ours, then the user's):
+     │ task id; copy_context() kept by task id         • connect to the listener, answer challenge
+     ▼                                                 • every logger: no handlers, no filters,
+   ProcessPoolExecutor machinery ── call item ────▶      propagate = True
+                                                       • root: one QueueHandler → own connection
+                                                       • mirror the parent's levels
+   listener thread ("logexec-listener")              run_task(task id, fn, ...):
+     • one AF_UNIX connection per worker ◀── frames ── • each log call: frame written before
+     • rebuild the record                                it returns (record tagged by task id)
+     • context.run(dispatch) in the submitter's        • after fn: a barrier, if it logged,
+       context: getLogger(name).handle(record)           and wait for the answer
+       or the explicit handlers                                │
+     • answer barriers ──────────────────────── ack ──▶ ◀──────┘
+   future.result() ◀──── result ───────────────────── (sent after the barrier is answered)
+
+The **listener** (``_listener``) owns a socket in a private directory and reads every
+worker's connection; a dead worker is an EOF on its own connection and nothing else.
+The **worker side** (``_worker``) is the initializer, the task wrapper and the one
+``QueueHandler`` on root. The **transport** (``_transport``) is the wire format and the
+record policy. The **dispatcher** (``_dispatch``) hands rebuilt records to the parent's
+logging, inside the submitter's context (``_context``).
+
+Lifecycle: ``__init__`` fixes the initializer and its arguments, as the stdlib requires.
+The socket is bound on ``__enter__`` or the first ``submit``, before any worker starts,
+and the listener thread is started then too, except under fork: there it starts right
+after the first ``submit`` has forked the workers, because forking while another thread
+runs can deadlock the child (3.12+ warns about it). ``shutdown`` joins the workers first
+and only then stops the listener, which reads every connection to its end.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import multiprocessing
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import BaseContext
+from typing import Any, Callable, TypeVar
+
+from . import _context, _worker
+from ._dispatch import Dispatcher, check_handlers
+from ._listener import Listener
+
+T = TypeVar("T")
+
+# Key size for the listener's HMAC handshake: the size of a SHA-256 block's security level.
+KEY_SIZE = 32
+
+
+class LoggingProcessPoolExecutor(ProcessPoolExecutor):
+    """A ``ProcessPoolExecutor`` whose workers' records are handled by the parent's logging.
+
+    Use it exactly like ``ProcessPoolExecutor``. Every record logged in a worker is sent
+    to this process and handled by its logging configuration, as if the call had been made
+    here: ``logging.getLogger(record.name).handle(record)``. With ``handlers`` given, records
+    go to exactly those handlers instead.
+
+    Keyword-only options:
+
+    handlers
+        ``None`` (dispatch by logger name, the default) or a sequence of
+        ``logging.Handler``.
+    propagate_contextvars
+        Module-level ``contextvars.ContextVar`` objects whose values at ``submit`` are set
+        in the worker while the task runs. (Parent-side filters always see the submitter's
+        whole context, with or without this.)
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        handlers: Iterable[Any] | None = None,
+        propagate_contextvars: Iterable[Any] = (),
+    ) -> None:
+        _check_max_workers(max_workers)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be a callable or None, got {initializer!r}")
+        if isinstance(initargs, (str, bytes)) or not isinstance(initargs, Iterable):
+            raise TypeError(f"initargs must be a tuple, got {initargs!r}")
+        checked_handlers = check_handlers(handlers)
+        self._logexec_variables = _context.locate_contextvars(propagate_contextvars)
+        if mp_context is None:
+            # The stdlib's own default; made explicit so we know the start method.
+            if max_tasks_per_child is not None and sys.version_info >= (3, 11):
+                mp_context = multiprocessing.get_context("spawn")
+            else:
+                mp_context = multiprocessing.get_context()
+        elif not callable(getattr(mp_context, "get_start_method", None)):
+            raise TypeError(f"mp_context must be a multiprocessing context, got {mp_context!r}")
+        self._logexec_forks = mp_context.get_start_method() == "fork"
+        self._logexec_dispatcher = Dispatcher(checked_handlers)
+        self._logexec_config = _worker.WorkerConfig(os.urandom(KEY_SIZE))
+        self._logexec_listener = Listener(self._logexec_dispatcher, self._logexec_config.key)
+        self._logexec_lock = threading.Lock()
+        self._logexec_shutdown = False
+        self._logexec_shutdown_thread: threading.Thread | None = None
+        self._logexec_task_ids = itertools.count()
+        extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
+        super().__init__(
+            max_workers,
+            mp_context,
+            _worker.initialize,
+            (self._logexec_config, initializer, tuple(initargs)),
+            **extra,
+        )
+        # Dropped without shutdown(): stop the listener once the stdlib has let the workers
+        # go. The listener holds no reference back to the executor.
+        finalizer = weakref.finalize(self, _stop_in_background, self._logexec_listener)
+        # At interpreter exit the listener module's own exit hook drains instead.
+        finalizer.atexit = False
+
+    def __enter__(self) -> LoggingProcessPoolExecutor:
+        self._start_channel()
+        return self
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        with self._logexec_lock:
+            if self._logexec_shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            captured = _context.capture_values(self._logexec_variables)
+            self._start_channel()
+            task_id = next(self._logexec_task_ids)
+            self._logexec_dispatcher.register(task_id, contextvars.copy_context())
+        try:
+            future: Future[T] = super().submit(_worker.run_task, task_id, captured, fn, *args, **kwargs)
+        except BaseException:
+            self._logexec_dispatcher.forget(task_id)
+            raise
+        finally:
+            if self._logexec_forks:
+                # Under fork the first submit has just forked every worker; only now may
+                # our thread run (see the module docstring).
+                self._logexec_listener.start()
+        future.add_done_callback(_ForgetContext(self._logexec_dispatcher, task_id))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._logexec_lock:
+            self._logexec_shutdown = True
+            thread = self._logexec_shutdown_thread
+            if thread is None and not wait:
+                thread = self._logexec_shutdown_thread = threading.Thread(
+                    target=self._finish_shutdown,
+                    args=(cancel_futures,),
+                    name="logexec-shutdown",
+                )
+                thread.start()
+                return
+        if thread is not None:
+            if wait and thread is not threading.current_thread():
+                thread.join()
+            return
+        self._finish_shutdown(cancel_futures)
+
+    def _finish_shutdown(self, cancel_futures: bool) -> None:
+        # Do not stop the listener before the workers are joined: a worker may still be
+        # writing, and a stopped listener would strand it. Joined workers mean every
+        # connection ends in EOF, which is what lets the listener finish without guessing.
+        try:
+            super().shutdown(wait=True, cancel_futures=cancel_futures)
+        finally:
+            self._logexec_listener.stop()
+
+    def _start_channel(self) -> None:
+        self._logexec_config.address = self._logexec_listener.bind()
+        if not self._logexec_forks:
+            self._logexec_listener.start()
+
+
+class _ForgetContext:
+    """Done-callback that drops a task's context once its records are all handled."""
+
+    __slots__ = ("_dispatcher", "_task_id")
+
+    def __init__(self, dispatcher: Dispatcher, task_id: int) -> None:
+        self._dispatcher = dispatcher
+        self._task_id = task_id
+
+    def __call__(self, future: Future[Any]) -> None:
+        # A broken pool fails the future while the dead worker's last records may still be
+        # unread; they keep their context until the listener stops.
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            return
+        self._dispatcher.forget(self._task_id)
+
+
+def _stop_in_background(listener: Listener) -> None:
+    threading.Thread(target=listener.stop, name="logexec-listener-stop", daemon=True).start()
+
+
+def _check_max_workers(max_workers: object) -> None:
+    if max_workers is None:
+        return
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int):
+        raise TypeError(f"max_workers must be an int or None, got {max_workers!r}")
+    if max_workers <= 0:
+        raise ValueError(f"max_workers must be greater than 0, got {max_workers}")

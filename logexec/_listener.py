@@ -1,0 +1,315 @@
+"""The parent side of the channel: one thread that reads every worker's connection.
+
+The listener owns an ``AF_UNIX`` socket in a private (0700) temporary directory. Each
+worker connects once, proves it knows the executor's random key (challenge and HMAC
+answer), and from then on writes frames (see ``_transport``). The thread waits on all
+connections at once and handles records in the order each worker wrote them.
+
+Why one connection per worker rather than one shared ``multiprocessing.Queue``:
+
+* a shared queue has one write lock, which a killed writer can hold forever, and one pipe,
+  which a frame cut off mid-write poisons for every other writer;
+* ``Queue.put`` returns before the bytes leave the worker (a feeder thread writes later),
+  so a crash loses records whose log call had already returned.
+
+Here a killed worker is only an EOF on its own connection, a cut-off frame is only at the
+end of that one connection, and a full socket blocks only the worker that filled it, which
+is the backpressure that bounds memory when the parent's handlers are slow.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hmac
+import logging
+import os
+import selectors
+import shutil
+import socket
+import tempfile
+import threading
+import weakref
+
+from . import _transport
+from ._dispatch import Dispatcher
+
+# Bytes asked of the kernel per read. Large reads carry many records per system call;
+# beyond this the gain is gone and the buffer only costs memory.
+READ_SIZE = 1 << 18
+# After the workers have exited, how long the final drain waits for a connection that is
+# still open (held by a process a task forked) before it gives up on it.
+DRAIN_GRACE_SECONDS = 2.0
+
+_LOGGER = logging.getLogger("logexec")
+
+
+class _Connection:
+    __slots__ = ("buffer", "challenge", "pid", "socket")
+
+    def __init__(self, sock: socket.socket, challenge: bytes) -> None:
+        self.socket = sock
+        self.buffer = bytearray()
+        self.challenge = challenge
+        # 0 until the peer has authenticated.
+        self.pid = 0
+
+
+_ACCEPT = "accept"
+_WAKE = "wake"
+
+
+class Listener:
+    """Receives every worker's records and hands them to a ``Dispatcher``."""
+
+    def __init__(self, dispatcher: Dispatcher, key: bytes) -> None:
+        self._dispatcher = dispatcher
+        self._key = key
+        self._lock = threading.Lock()
+        self._directory: str | None = None
+        self._server: socket.socket | None = None
+        self._wake_reader: socket.socket | None = None
+        self._wake_writer: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: list[_Connection] = []
+        self._stopping = False
+        self._closed = False
+        self.address = ""
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    def bind(self) -> str:
+        """Create the socket workers connect to; idempotent. Returns its address."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the log listener was already stopped; create a new executor")
+            if self._server is None:
+                # mkdtemp makes the directory 0700: only this user can reach the socket.
+                directory = tempfile.mkdtemp(prefix="logexec-")
+                address = os.path.join(directory, "listener")
+                server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    server.bind(address)
+                    server.listen(socket.SOMAXCONN)
+                    server.setblocking(False)
+                except BaseException:
+                    server.close()
+                    shutil.rmtree(directory, ignore_errors=True)
+                    raise
+                self._wake_reader, self._wake_writer = socket.socketpair()
+                self._directory, self._server, self.address = directory, server, address
+                _live_listeners.add(self)
+            return self.address
+
+    def start(self) -> None:
+        """Start the listener thread; idempotent."""
+        with self._lock:
+            if self._thread is not None or self._stopping or self._server is None:
+                return
+            self._thread = threading.Thread(target=self._run, name="logexec-listener", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Handle everything the workers wrote, then stop. Call after the workers exited.
+
+        Every connection is read to its end, so no record that reached the kernel is left
+        behind. Idempotent and safe from any thread.
+        """
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+            run_here = thread is None and self._server is not None and not self._closed
+            if run_here:
+                # Never started (a fork pool that was entered but never used, say): drain
+                # what may be in the backlog on this thread instead.
+                self._thread = threading.current_thread()
+        if self._wake_writer is not None:
+            with contextlib.suppress(OSError):
+                self._wake_writer.send(b"\0")
+        if run_here:
+            self._run()
+        elif thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    # The thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        selector = selectors.DefaultSelector()
+        assert self._server is not None and self._wake_reader is not None
+        selector.register(self._server, selectors.EVENT_READ, _ACCEPT)
+        selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
+        try:
+            while not self._stopping:
+                for key, _ in selector.select():
+                    self._on_ready(selector, key.data)
+            self._drain(selector)
+        finally:
+            self._close(selector)
+
+    def _drain(self, selector: selectors.BaseSelector) -> None:
+        # The workers have exited, so every connection ends with EOF once read to the end.
+        # Connections still in the backlog are accepted first: a worker may have connected
+        # and logged without ever being accepted.
+        self._accept(selector)
+        while self._connections:
+            events = selector.select(timeout=DRAIN_GRACE_SECONDS)
+            if not events:
+                pids = sorted(connection.pid for connection in self._connections)
+                _LOGGER.warning(
+                    "logexec: %d connection(s) to the log listener were still open %.1f s after "
+                    "the workers exited (pids %s; a process forked by a task may still hold "
+                    "them); closing them, and records written to them later are lost",
+                    len(pids),
+                    DRAIN_GRACE_SECONDS,
+                    pids,
+                )
+                return
+            for key, _ in events:
+                self._on_ready(selector, key.data)
+
+    def _close(self, selector: selectors.BaseSelector) -> None:
+        with self._lock:
+            self._closed = True
+        for connection in self._connections:
+            connection.socket.close()
+        self._connections.clear()
+        selector.close()
+        for sock in (self._server, self._wake_reader, self._wake_writer):
+            if sock is not None:
+                sock.close()
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+        self._dispatcher.forget_all()
+        _live_listeners.discard(self)
+
+    def _on_ready(self, selector: selectors.BaseSelector, data: object) -> None:
+        if isinstance(data, _Connection):
+            self._read(selector, data)
+        elif data is _ACCEPT:
+            self._accept(selector)
+        else:
+            assert self._wake_reader is not None
+            self._wake_reader.recv(64)
+
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                sock, _ = self._server.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            sock.setblocking(True)
+            challenge = os.urandom(_transport.CHALLENGE_SIZE)
+            try:
+                sock.sendall(challenge)
+            except OSError:
+                sock.close()
+                continue
+            connection = _Connection(sock, challenge)
+            self._connections.append(connection)
+            selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _read(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        try:
+            data = connection.socket.recv(READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
+            self._hang_up(selector, connection)
+            return
+        buffer = connection.buffer
+        buffer += data
+        if not connection.pid and not self._authenticate(selector, connection):
+            return
+        dispatch = self._dispatcher.dispatch
+        decode = _transport.decode_record
+        unpack = _transport.HEADER.unpack_from
+        header_size = _transport.HEADER_SIZE
+        view = memoryview(buffer)
+        end = len(buffer)
+        position = 0
+        try:
+            while end - position >= header_size:
+                size, kind = unpack(view, position)
+                start = position + header_size
+                stop = start + size
+                if stop > end:
+                    break
+                if kind == _transport.KIND_RECORD:
+                    task_id, record = decode(view[start:stop])
+                    dispatch(task_id, record)
+                elif kind == _transport.KIND_BARRIER:
+                    self._answer_barrier(connection)
+                else:
+                    view.release()
+                    self._protocol_error(selector, connection, f"unknown frame kind {kind}")
+                    return
+                position = stop
+        finally:
+            view.release()
+        if position:
+            del buffer[:position]
+
+    def _authenticate(self, selector: selectors.BaseSelector, connection: _Connection) -> bool:
+        buffer = connection.buffer
+        if len(buffer) < _transport.HELLO_SIZE:
+            return False
+        proof = bytes(buffer[: _transport.DIGEST_SIZE])
+        expected = _transport.answer_challenge(self._key, connection.challenge)
+        if not hmac.compare_digest(proof, expected):
+            self._refuse(selector, connection)
+            return False
+        connection.pid = _transport.PID.unpack_from(buffer, _transport.DIGEST_SIZE)[0]
+        del buffer[: _transport.HELLO_SIZE]
+        return True
+
+    def _answer_barrier(self, connection: _Connection) -> None:
+        try:
+            connection.socket.sendall(_transport.BARRIER_ACK)
+        except OSError:
+            pass  # the worker died while waiting; nobody is left to answer
+
+    def _hang_up(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        if connection.buffer and connection.pid:
+            # The worker died in the middle of writing a frame. That record's log call had
+            # not returned, so it was never promised; still, say so rather than drop it.
+            needed = _transport.HEADER_SIZE
+            if len(connection.buffer) >= needed:
+                needed += _transport.HEADER.unpack_from(connection.buffer, 0)[0]
+            _LOGGER.warning(
+                "logexec: worker %d exited in the middle of sending a record; the incomplete "
+                "record (%d of %d bytes) was discarded",
+                connection.pid,
+                len(connection.buffer),
+                needed,
+            )
+        self._forget(selector, connection)
+
+    def _refuse(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        _LOGGER.warning(
+            "logexec: refused a connection to the log listener that failed authentication "
+            "(only the executor's own workers hold the key)"
+        )
+        self._forget(selector, connection)
+
+    def _protocol_error(
+        self, selector: selectors.BaseSelector, connection: _Connection, problem: str
+    ) -> None:
+        _LOGGER.error("logexec: closed the connection of worker %d: %s", connection.pid, problem)
+        self._forget(selector, connection)
+
+    def _forget(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        selector.unregister(connection.socket)
+        connection.socket.close()
+        self._connections.remove(connection)
+
+
+# Listeners not yet stopped. At interpreter exit the stdlib has joined its workers first
+# (its exit hook runs before atexit), so draining them here loses nothing.
+_live_listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_listeners() -> None:
+    for listener in list(_live_listeners):
+        listener.stop()

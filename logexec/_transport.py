@@ -1,0 +1,216 @@
+"""The wire format between a worker and the parent: frames, records and the handshake.
+
+Everything here is pure (no sockets, no threads), so the record policy can be tested
+without processes.
+
+A frame is a fixed header (payload length, kind) followed by the payload. Records travel
+as a flat tuple of the standard ``LogRecord`` fields in a fixed order plus a dict of the
+user's ``extra`` attributes, not as a pickled ``LogRecord``: a tuple is smaller, quicker to
+pickle and to load, and the parent rebuilds the record without running
+``LogRecord.__init__`` (which reads the clock, the pid and the thread again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import pickle
+import struct
+from typing import Any
+
+# Length then kind. Eight bytes of length so that no record is ever too large to frame.
+HEADER = struct.Struct("!QB")
+HEADER_SIZE = HEADER.size
+KIND_RECORD = 0
+KIND_BARRIER = 1
+# The parent's answer to a barrier: every earlier frame on the connection was handled.
+BARRIER_ACK = b"\x06"
+
+CHALLENGE_SIZE = 32
+DIGEST_SIZE = hashlib.sha256().digest_size
+PID = struct.Struct("!Q")
+HELLO_SIZE = DIGEST_SIZE + PID.size
+
+PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+# The order of the fields on the wire. ``args`` and ``exc_info`` are always None there:
+# the message is merged and the exception rendered in the worker.
+RECORD_FIELDS: tuple[str, ...] = (
+    "name",
+    "msg",
+    "args",
+    "levelname",
+    "levelno",
+    "pathname",
+    "filename",
+    "module",
+    "exc_info",
+    "exc_text",
+    "stack_info",
+    "lineno",
+    "funcName",
+    "created",
+    "msecs",
+    "relativeCreated",
+    "thread",
+    "threadName",
+    "processName",
+    "process",
+    "taskName",
+)
+_TASK_ID_INDEX = len(RECORD_FIELDS)
+_EXTRAS_INDEX = _TASK_ID_INDEX + 1
+
+# Attributes that are not the user's `extra`: a fresh record's own, plus what formatters
+# add to it ("message", "asctime") and what 3.12 added ("taskName").
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_PLAIN_RECORD_SIZE = len(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)))
+
+# The standard formatter renders exc_info exactly as the parent's default formatter would.
+_FORMATTER = logging.Formatter()
+
+# The parent's logging start, derived from a record's public fields so that rebuilt
+# records carry a relativeCreated measured in the parent, as a local call would.
+_PROBE = logging.LogRecord("", logging.INFO, "", 0, "", None, None)
+_PARENT_START = _PROBE.created - _PROBE.relativeCreated / 1000.0
+del _PROBE
+
+
+def answer_challenge(key: bytes, challenge: bytes) -> bytes:
+    """Return the digest that proves knowledge of ``key`` for this ``challenge``."""
+    return hmac.new(key, challenge, hashlib.sha256).digest()
+
+
+def encode_barrier(task_id: int) -> bytes:
+    """Frame a barrier: "answer me once everything before this is handled"."""
+    payload = PID.pack(task_id)
+    return HEADER.pack(len(payload), KIND_BARRIER) + payload
+
+
+def decode_barrier(payload: Any) -> int:
+    task_id: int = PID.unpack(payload)[0]
+    return task_id
+
+
+def render_message(record: logging.LogRecord) -> str:
+    """Merge ``msg % args``; a failure becomes the message instead of losing the record."""
+    try:
+        return record.getMessage()
+    except Exception as error:  # any user __str__ or format mismatch
+        return (
+            f"logexec: could not merge the message of this record: {type(error).__name__}: "
+            f"{_safe_repr(error)}; msg={_safe_repr(record.msg)} args={_safe_repr(record.args)}"
+        )
+
+
+def render_exception(record: logging.LogRecord) -> str | None:
+    """Return ``exc_text``, rendering ``exc_info`` with the standard formatter if needed."""
+    if record.exc_text:
+        return record.exc_text
+    if not record.exc_info:
+        return None
+    try:
+        return _FORMATTER.formatException(record.exc_info)
+    except Exception as error:  # an exception whose __str__ raises, for example
+        return f"logexec: could not render the exception {_safe_repr(record.exc_info[1])}: {error!r}"
+
+
+def record_values(record: logging.LogRecord, task_id: int | None) -> tuple[Any, ...]:
+    """The record as a flat tuple in wire order: fields, then the task id, then extras."""
+    state = record.__dict__
+    extras: dict[str, Any] | None = None
+    if len(state) > _PLAIN_RECORD_SIZE:
+        extras = {k: v for k, v in state.items() if k not in _STANDARD_ATTRIBUTES} or None
+    return (
+        record.name,
+        render_message(record),
+        None,
+        record.levelname,
+        record.levelno,
+        record.pathname,
+        record.filename,
+        record.module,
+        None,
+        render_exception(record),
+        record.stack_info,
+        record.lineno,
+        record.funcName,
+        record.created,
+        record.msecs,
+        record.relativeCreated,
+        record.thread,
+        record.threadName,
+        record.processName,
+        record.process,
+        state.get("taskName"),
+        task_id,
+        extras,
+    )
+
+
+def encode_values(values: tuple[Any, ...]) -> bytes:
+    """Pickle record values; whatever will not pickle is sent as its ``repr()``."""
+    try:
+        payload = pickle.dumps(values, PICKLE_PROTOCOL)
+    except Exception:
+        # Rare path: find the culprits one by one rather than drop the record.
+        payload = pickle.dumps(
+            (*tuple(_picklable(v) for v in values[:-1]), _picklable_extras(values[-1])), PICKLE_PROTOCOL
+        )
+    return payload
+
+
+def encode_record(record: logging.LogRecord, task_id: int | None) -> bytes:
+    """Frame one record for the wire."""
+    payload = encode_values(record_values(record, task_id))
+    return HEADER.pack(len(payload), KIND_RECORD) + payload
+
+
+def decode_values(payload: Any) -> tuple[Any, ...]:
+    values: tuple[Any, ...] = pickle.loads(payload)
+    return values
+
+
+def build_record(values: tuple[Any, ...]) -> tuple[int | None, logging.LogRecord]:
+    """Rebuild a ``LogRecord`` from wire values; return it with its task id."""
+    state = dict(zip(RECORD_FIELDS, values))
+    extras = values[_EXTRAS_INDEX]
+    if extras:
+        state.update(extras)
+    state["relativeCreated"] = (state["created"] - _PARENT_START) * 1000.0
+    # Do not change this to logging.makeLogRecord: it runs LogRecord.__init__ first, which
+    # costs more than everything else here and whose values we overwrite anyway.
+    record: logging.LogRecord = logging.LogRecord.__new__(logging.LogRecord)
+    record.__dict__ = state
+    return values[_TASK_ID_INDEX], record
+
+
+def decode_record(payload: Any) -> tuple[int | None, logging.LogRecord]:
+    """Unpickle a record payload; return its task id and the rebuilt record."""
+    return build_record(decode_values(payload))
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception as error:
+        return f"<unrepresentable {type(value).__qualname__}: {type(error).__name__}>"
+
+
+def _picklable(value: object) -> object:
+    try:
+        pickle.dumps(value, PICKLE_PROTOCOL)
+    except Exception:
+        return _safe_repr(value)
+    return value
+
+
+def _picklable_extras(extras: dict[str, Any] | None) -> dict[str, Any] | None:
+    if extras is None:
+        return None
+    return {str(key): _picklable(value) for key, value in extras.items()}

@@ -1,0 +1,217 @@
+"""The worker side: the initializer, the task wrapper and the handler on root.
+
+Each worker process holds one private, authenticated connection to the parent's
+listener (see ``_listener``). A log call pickles the record and writes it to that
+connection before it returns, so a record whose call returned is in the kernel and
+survives the worker being killed a moment later.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import socket
+import sys
+import threading
+from typing import Any, Callable
+
+from . import _compat, _context, _transport
+
+
+class WorkerConfig:
+    """What a worker needs to reach its parent, and the parent's logging levels.
+
+    The executor fills in ``address`` when it binds the listener, before any worker
+    starts. Levels are captured when the config is pickled, which for spawn and forkserver
+    happens as each worker starts, so a worker mirrors the levels in force at its start.
+    Under fork nothing is pickled and the worker inherits the parent's loggers as they are.
+    """
+
+    def __init__(
+        self, key: bytes, address: str = "", levels: tuple[dict[str, int], int] | None = None
+    ) -> None:
+        self.key = key
+        self.address = address
+        self.levels = levels
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        levels = (_compat.explicit_levels(), _compat.disabled_level())
+        return (WorkerConfig, (self.key, self.address, levels))
+
+
+class Channel:
+    """The worker's end of its connection; also the "queue" of its ``QueueHandler``."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self._config = config
+        self._socket: socket.socket | None = None
+        self._owner_pid = 0
+        # One lock for the socket: a task's threads may log while its barrier is sent.
+        self._lock = threading.Lock()
+        self._broken = False
+        self.task_id: int | None = None
+        self.records_in_task = 0
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self._config.address)
+            challenge = _receive_exactly(sock, _transport.CHALLENGE_SIZE)
+            proof = _transport.answer_challenge(self._config.key, challenge)
+            sock.sendall(proof + _transport.PID.pack(os.getpid()))
+        except BaseException:
+            sock.close()
+            raise
+        self._socket = sock
+        self._owner_pid = os.getpid()
+        self._broken = False
+
+    def put_nowait(self, frame: bytes) -> None:
+        """Write one framed record; returns only once the bytes are in the kernel."""
+        with self._lock:
+            if self._owner_pid != os.getpid():
+                # A process forked by a task inherited this object. Writing to the
+                # inherited socket would interleave its frames with the worker's, so it
+                # gets a connection of its own.
+                self._reconnect_after_fork()
+            if self._broken or self._socket is None:
+                raise ConnectionError("the parent's log listener is unreachable")
+            try:
+                self._socket.sendall(frame)
+            except OSError:
+                self._broken = True
+                raise
+            self.records_in_task += 1
+
+    def begin_task(self, task_id: int) -> None:
+        self.task_id = task_id
+        self.records_in_task = 0
+
+    def end_task(self) -> None:
+        """Wait until the parent has handled every record this task logged."""
+        task_id, self.task_id = self.task_id, None
+        if not self.records_in_task or task_id is None or self._broken or self._socket is None:
+            return
+        self.records_in_task = 0
+        try:
+            with self._lock:
+                self._socket.sendall(_transport.encode_barrier(task_id))
+            # Only the task's thread reads, so no lock: other threads may log meanwhile.
+            _receive_exactly(self._socket, len(_transport.BARRIER_ACK))
+        except (OSError, EOFError):
+            # The parent is gone or its listener stopped; the result can still be sent.
+            self._broken = True
+
+    def _reconnect_after_fork(self) -> None:
+        if self._socket is not None:
+            # Closing our copy does not affect the worker that owns the connection.
+            self._socket.close()
+            self._socket = None
+        self.task_id = None
+        self.records_in_task = 0
+        self.connect()
+
+
+class WorkerHandler(logging.handlers.QueueHandler):
+    """The only handler on a worker's root logger.
+
+    It is a real ``QueueHandler`` (code that checks for one finds it); its "queue" is the
+    worker's private connection and ``prepare`` turns a record into a wire frame.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(channel)  # type: ignore[arg-type]  # a queue in all but type
+        self._channel = channel
+
+    def prepare(self, record: logging.LogRecord) -> Any:
+        return _transport.encode_record(record, self._channel.task_id)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # The only failure left after prepare() is an unreachable parent. The record must
+        # not vanish, so it goes to this worker's stderr, whole.
+        stream = sys.stderr
+        if stream is None:
+            return
+        try:
+            stream.write(
+                f"logexec: worker {os.getpid()} could not reach the parent; record follows\n"
+                f"{_STDERR_FORMATTER.format(record)}\n"
+            )
+            stream.flush()
+        except Exception:
+            super().handleError(record)
+
+
+_STDERR_FORMATTER = logging.Formatter(logging.BASIC_FORMAT)
+
+# The channel of this worker process, set by initialize().
+_channel: Channel | None = None
+
+
+def initialize(
+    config: WorkerConfig,
+    user_initializer: Callable[..., object] | None,
+    user_initargs: tuple[Any, ...],
+) -> None:
+    """Worker initializer: connect, reset logging, then run the user's initializer."""
+    global _channel
+    channel = Channel(config)
+    channel.connect()
+    _reset_logging(config.levels)
+    logging.getLogger().addHandler(WorkerHandler(channel))
+    _channel = channel
+    if user_initializer is not None:
+        user_initializer(*user_initargs)
+
+
+def run_task(
+    task_id: int,
+    captured: _context.CapturedValues,
+    fn: Callable[..., Any],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """Run one task; return only after the parent has handled the task's records."""
+    channel = _channel
+    if channel is None:
+        raise RuntimeError(
+            "logexec's task wrapper ran in a process that logexec's initializer did not set "
+            "up; submit tasks through LoggingProcessPoolExecutor"
+        )
+    channel.begin_task(task_id)
+    try:
+        if captured:
+            return _context.call_with_values(captured, fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+    finally:
+        channel.end_task()
+
+
+def _reset_logging(levels: tuple[dict[str, int], int] | None) -> None:
+    # Under fork every logger arrives with the parent's handlers and filters; writing
+    # through them would put a second writer on the parent's files, and filtering here
+    # would apply them twice. The parent applies its own configuration on dispatch.
+    for logger in _compat.existing_loggers():
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for log_filter in list(logger.filters):
+            logger.removeFilter(log_filter)
+        logger.propagate = True
+    if levels is None:
+        return
+    logger_levels, disabled = levels
+    for name, level in logger_levels.items():
+        logging.getLogger(name or None).setLevel(level)
+    logging.disable(disabled)
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise EOFError("the parent's log listener closed the connection")
+        data += chunk
+    return data
