@@ -202,6 +202,10 @@ class _ForgetContext:
 
 
 def _stop_in_background(listener: Listener) -> None:
+    if listener.stop_requested:
+        # The usual case: shutdown() already stopped it. Starting a thread here would make
+        # the next fork in this process warn about (and risk) a multi-threaded fork.
+        return
     threading.Thread(target=listener.stop, name="logexec-listener-stop", daemon=True).start()
 
 

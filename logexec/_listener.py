@@ -101,6 +101,10 @@ class Listener:
                 _live_listeners.add(self)
             return self.address
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stopping or self._closed
+
     def start(self) -> None:
         """Start the listener thread; idempotent."""
         with self._lock:

@@ -1,0 +1,101 @@
+"""Shared fixtures: start methods, executors that always shut down, a clean root logger."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+from logexec import LoggingProcessPoolExecutor
+
+START_METHODS = ["spawn", "fork", "forkserver"]
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Each test that takes this runs once per start method."""
+    method: str = request.param
+    return method
+
+
+@pytest.fixture
+def mp_context(start_method: str) -> Any:
+    return multiprocessing.get_context(start_method)
+
+
+@pytest.fixture
+def make_executor(mp_context: Any) -> Iterator[Callable[..., LoggingProcessPoolExecutor]]:
+    """Build executors on the test's start method; every one is shut down afterwards."""
+    made: list[LoggingProcessPoolExecutor] = []
+
+    def make(*args: Any, **kwargs: Any) -> LoggingProcessPoolExecutor:
+        kwargs.setdefault("mp_context", mp_context)
+        executor = LoggingProcessPoolExecutor(*args, **kwargs)
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+class ListHandler(logging.Handler):
+    """Keeps every record it handles, in order."""
+
+    def __init__(self, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self) -> list[str]:
+        return [record.getMessage() for record in self.records]
+
+
+@pytest.fixture(autouse=True)
+def clean_logging() -> Iterator[None]:
+    """Restore root's handlers and level, named loggers' state and logging.disable."""
+    root = logging.getLogger()
+    saved_handlers = list(root.handlers)
+    saved_level = root.level
+    manager = logging.root.manager
+    saved_disable = manager.disable
+    saved_loggers = {
+        name: (logger.level, list(logger.handlers), logger.propagate, logger.disabled, list(logger.filters))
+        for name, logger in list(manager.loggerDict.items())
+        if isinstance(logger, logging.Logger)
+    }
+    yield
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+    logging.disable(saved_disable)
+    for name, logger in list(manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger):
+            continue
+        if name in saved_loggers:
+            level, handlers, propagate, disabled, filters = saved_loggers[name]
+        else:
+            level, handlers, propagate, disabled, filters = logging.NOTSET, [], True, False, []
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+        logger.disabled = disabled
+        logger.filters[:] = filters
+
+
+@pytest.fixture
+def collect() -> Callable[..., ListHandler]:
+    """Attach a ListHandler to a logger (root by default) for the test's duration."""
+
+    def attach(name: str | None = None, level: int = logging.DEBUG, handler_level: int = logging.NOTSET) -> ListHandler:
+        handler = ListHandler(handler_level)
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        return handler
+
+    return attach
