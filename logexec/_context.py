@@ -62,8 +62,15 @@ def locate_contextvars(variables: Iterable[object]) -> dict[VarAddress, contextv
     return found
 
 
-def capture_values(variables: Mapping[VarAddress, contextvars.ContextVar[Any]]) -> CapturedValues:
-    """The current values of ``variables`` (unset ones are skipped), checked to pickle."""
+def capture_values(
+    variables: Mapping[VarAddress, contextvars.ContextVar[Any]],
+) -> CapturedValues | None:
+    """The current values of ``variables`` (unset ones are left out), checked to pickle.
+
+    None when no variables are propagated, so that such tasks run exactly as in the stdlib.
+    """
+    if not variables:
+        return None
     captured = []
     for address, variable in variables.items():
         try:
@@ -82,18 +89,25 @@ def capture_values(variables: Mapping[VarAddress, contextvars.ContextVar[Any]]) 
     return tuple(captured)
 
 
-def call_with_values(captured: CapturedValues, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` in a fresh context holding the captured values; they never leak out."""
-    return contextvars.copy_context().run(_set_and_call, captured, fn, args, kwargs)
-
-
-def _set_and_call(
-    captured: CapturedValues, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+def call_with_values(
+    addresses: Iterable[VarAddress], captured: CapturedValues, fn: Callable[..., T], *args: Any, **kwargs: Any
 ) -> T:
+    """Run ``fn`` where the propagated variables hold exactly the submitter's values.
+
+    A variable that was unset at submit is unset here too, even if this worker's own
+    context holds a value (inherited through fork, or left by an earlier task): ContextVars
+    cannot be deleted, so the task runs in a new context that copies every other variable.
+    """
+    propagated = set()
+    for module_name, attribute in addresses:
+        propagated.add(getattr(importlib.import_module(module_name), attribute))
+    context = contextvars.Context()
+    for variable, value in contextvars.copy_context().items():
+        if variable not in propagated:
+            context.run(variable.set, value)
     for (module_name, attribute), value in captured:
-        variable = getattr(importlib.import_module(module_name), attribute)
-        variable.set(value)
-    return fn(*args, **kwargs)
+        context.run(getattr(importlib.import_module(module_name), attribute).set, value)
+    return context.run(fn, *args, **kwargs)
 
 
 def _importable_name(module_name: str) -> str:

@@ -96,6 +96,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             raise TypeError(f"initargs must be a tuple, got {initargs!r}")
         checked_handlers = check_handlers(handlers)
         self._logexec_variables = _context.locate_contextvars(propagate_contextvars)
+        self._logexec_addresses = tuple(self._logexec_variables)
         if mp_context is None:
             # The stdlib's own default; made explicit so we know the start method.
             if max_tasks_per_child is not None and sys.version_info >= (3, 11):
@@ -139,7 +140,9 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             task_id = next(self._logexec_task_ids)
             self._logexec_dispatcher.register(task_id, contextvars.copy_context())
         try:
-            future: Future[T] = super().submit(_worker.run_task, task_id, captured, fn, *args, **kwargs)
+            future: Future[T] = super().submit(
+                _worker.run_task, task_id, self._logexec_addresses, captured, fn, *args, **kwargs
+            )
         except BaseException:
             self._logexec_dispatcher.forget(task_id)
             raise

@@ -167,7 +167,8 @@ def initialize(
 
 def run_task(
     task_id: int,
-    captured: _context.CapturedValues,
+    propagated: tuple[_context.VarAddress, ...],
+    captured: _context.CapturedValues | None,
     fn: Callable[..., Any],
     /,
     *args: Any,
@@ -182,8 +183,8 @@ def run_task(
         )
     channel.begin_task(task_id)
     try:
-        if captured:
-            return _context.call_with_values(captured, fn, *args, **kwargs)
+        if captured is not None:
+            return _context.call_with_values(propagated, captured, fn, *args, **kwargs)
         return fn(*args, **kwargs)
     finally:
         channel.end_task()

@@ -1,0 +1,251 @@
+"""Guarantees beyond the stdlib recipe: result means logged, the submitter's context,
+propagated context variables, bounded memory, and no fork-with-threads warning."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import logging
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+
+from logexec import LoggingProcessPoolExecutor
+
+from . import helpers
+from .conftest import ListHandler
+
+pytestmark = pytest.mark.integration
+
+RESULT_TIMEOUT = 60
+
+
+class SlowHandler(ListHandler):
+    """Takes `delay` seconds per record, like a handler writing to a slow disk."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def emit(self, record: logging.LogRecord) -> None:
+        time.sleep(self.delay)
+        super().emit(record)
+
+
+def _count(handler: ListHandler, worker: int) -> int:
+    return sum(1 for record in handler.records if getattr(record, "worker", None) == worker)
+
+
+# Result means logged ----------------------------------------------------------------------
+
+
+def test_result_means_handled_with_a_slow_handler(make_executor: Callable[..., Any]) -> None:
+    """Right after result(), every record of that task was handled, even by a slow handler."""
+    handler = SlowHandler(0.0005)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    with make_executor(2) as executor:
+        futures = {executor.submit(helpers.log_n, 40, worker): worker for worker in range(12)}
+        for future in concurrent.futures.as_completed(futures, timeout=RESULT_TIMEOUT):
+            worker = futures[future]
+            assert future.result(timeout=0) == 40
+            assert _count(handler, worker) == 40, worker
+
+
+def test_each_map_value_means_its_records_were_handled(make_executor: Callable[..., Any]) -> None:
+    """Each value map() yields comes after its task's records were handled."""
+    handler = SlowHandler(0.0005)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    with make_executor(2) as executor:
+        results = executor.map(helpers.log_n, [30] * 8, range(8), timeout=RESULT_TIMEOUT)
+        for worker, value in enumerate(results):
+            assert value == 30
+            assert _count(handler, worker) == 30
+
+
+def test_wait_means_handled(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+    """Futures returned done by wait() have had their records handled."""
+    handler = collect()
+    with make_executor(2) as executor:
+        futures = [executor.submit(helpers.log_n, 25, worker) for worker in range(4)]
+        done, not_done = concurrent.futures.wait(futures, timeout=RESULT_TIMEOUT)
+        assert not not_done
+        for worker in range(4):
+            assert _count(handler, worker) == 25
+
+
+def test_result_means_handled_even_when_the_task_raises(
+    make_executor: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing task's records are handled before its exception reaches the caller."""
+    caplog.set_level(logging.INFO)
+    with make_executor(1) as executor:
+        future = executor.submit(helpers.log_then_raise, 5)
+        with pytest.raises(KeyError):
+            future.result(timeout=RESULT_TIMEOUT)
+        assert len(caplog.records) == 5
+
+
+def test_cancellation_behaves_as_in_the_stdlib(make_executor: Callable[..., Any]) -> None:
+    """Pending futures can be cancelled; cancel_futures=True cancels the queue."""
+    with make_executor(1) as executor:
+        blocker = executor.submit(helpers.sleep_then_log, 0.5)
+        queued = [executor.submit(helpers.identity, i) for i in range(20)]
+        assert queued[-1].cancel()
+        executor.shutdown(wait=True, cancel_futures=True)
+    assert blocker.result(timeout=0) is None
+    assert queued[-1].cancelled()
+    assert any(future.cancelled() for future in queued)
+
+
+# The submitter's context ----------------------------------------------------------------
+
+REQUEST = contextvars.ContextVar("REQUEST", default="-")
+
+
+class RequestFilter(logging.Filter):
+    """Stamps each record with the request id current where the filter runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request = REQUEST.get()
+        return True
+
+
+def test_parent_filters_see_the_submitters_context(make_executor: Callable[..., Any]) -> None:
+    """A parent filter reading a ContextVar sees the value of the thread that submitted."""
+    handler = ListHandler()
+    handler.addFilter(RequestFilter())
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    with make_executor(2) as executor:
+        executor.submit(helpers.identity, 0).result(timeout=RESULT_TIMEOUT)
+        errors: list[BaseException] = []
+
+        def serve(request: str) -> None:
+            REQUEST.set(request)
+            try:
+                futures = [executor.submit(helpers.log_request, f"{request}/{i}") for i in range(5)]
+                futures += list(executor.map(helpers.log_request, [f"{request}/m{i}" for i in range(3)]))  # type: ignore[arg-type]
+                for future in futures[:5]:
+                    future.result(timeout=RESULT_TIMEOUT)
+            except BaseException as error:  # surfaced below
+                errors.append(error)
+
+        threads = [threading.Thread(target=serve, args=(f"req-{n}",)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=RESULT_TIMEOUT)
+        assert not errors
+    records = [record for record in handler.records if record.name == "tests.worker"]
+    assert len(records) == 6 * 8
+    for record in records:
+        tag = record.getMessage().split()[-1]
+        assert record.request == tag.split("/")[0], (record.request, tag)  # type: ignore[attr-defined]
+    assert REQUEST.get() == "-"
+
+
+def test_propagated_contextvars_are_readable_in_the_task(make_executor: Callable[..., Any]) -> None:
+    """propagate_contextvars copies the submitter's values into the task, and only there."""
+    with make_executor(1, propagate_contextvars=[helpers.REQUEST_ID, helpers.UNSET_VAR]) as executor:
+        token = helpers.REQUEST_ID.set("abc-123")
+        try:
+            assert executor.submit(helpers.read_vars).result(timeout=RESULT_TIMEOUT) == ("abc-123", "<unset>")
+        finally:
+            helpers.REQUEST_ID.reset(token)
+        # The value does not leak into the next task, which was submitted without it.
+        assert executor.submit(helpers.read_var).result(timeout=RESULT_TIMEOUT) == "<unset>"
+
+
+def test_unpicklable_propagated_value_raises_from_submit(make_executor: Callable[..., Any]) -> None:
+    """A propagated value that will not pickle raises TypeError from submit, naming the var."""
+    with make_executor(1, propagate_contextvars=[helpers.REQUEST_ID]) as executor:
+        token = helpers.REQUEST_ID.set(helpers.Unpicklable())  # type: ignore[arg-type]
+        try:
+            with pytest.raises(TypeError, match="ContextVar 'REQUEST_ID'"):
+                executor.submit(helpers.read_var)
+        finally:
+            helpers.REQUEST_ID.reset(token)
+        assert executor.submit(helpers.identity, 1).result(timeout=RESULT_TIMEOUT) == 1
+
+
+def test_propagated_var_must_be_importable() -> None:
+    """A ContextVar that lives in no module is refused at construction, by name."""
+    local = contextvars.ContextVar("local_only")
+    with pytest.raises(TypeError, match="'local_only' must be a module-level attribute"):
+        LoggingProcessPoolExecutor(1, propagate_contextvars=[local])
+
+
+# Bounded memory ---------------------------------------------------------------------------
+
+
+class ThrottledHandler(logging.Handler):
+    """Sleeps 1 ms every 10 records and counts records per worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handled = 0
+        self.per_worker: dict[int, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.handled += 1
+        worker = record.worker  # type: ignore[attr-defined]
+        self.per_worker[worker] = self.per_worker.get(worker, 0) + 1
+        if self.handled % 10 == 0:
+            time.sleep(0.001)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("start_method", ["fork"])
+def test_slow_parent_holds_workers_back_instead_of_buffering(make_executor: Callable[..., Any]) -> None:
+    """Workers flooding a slow parent stay within 50 MiB of an idle worker's peak RSS."""
+    records, size = 60_000, 2048
+    with make_executor(2) as idle_executor:
+        idle = max(idle_executor.submit(helpers.peak_rss_kib).result(timeout=RESULT_TIMEOUT) for _ in range(2))
+    handler = ThrottledHandler()
+    with make_executor(2, handlers=[handler]) as executor:
+        logging.getLogger().setLevel(logging.INFO)
+        futures = [executor.submit(helpers.flood_big, worker, records, size) for worker in range(2)]
+        outcomes = [future.result(timeout=170) for future in futures]
+    assert handler.per_worker == {0: records, 1: records}
+    for sent, peak in outcomes:
+        assert sent == records
+        assert peak - idle < 50 * 1024, f"worker peak {peak} KiB vs idle {idle} KiB"
+
+
+# Forking with threads ----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="the warning exists from 3.12")
+def test_fork_pool_in_a_single_threaded_process_does_not_warn() -> None:
+    """A fork pool forks before our listener thread starts: no multi-threaded fork warning."""
+    script = textwrap.dedent(
+        """
+        import logging, multiprocessing, sys
+        from logexec import LoggingProcessPoolExecutor
+        from tests import helpers
+        if __name__ == "__main__":
+            logging.basicConfig(level=logging.INFO, stream=sys.stdout)
+            context = multiprocessing.get_context("fork")
+            with LoggingProcessPoolExecutor(2, mp_context=context) as executor:
+                print(executor.submit(helpers.log_n, 3).result(timeout=30))
+            with LoggingProcessPoolExecutor(2, mp_context=context) as executor:
+                print(executor.submit(helpers.log_n, 3).result(timeout=30))
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "DeprecationWarning" not in completed.stderr
+    assert completed.stdout.count("worker 0 record") == 6
