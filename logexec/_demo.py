@@ -1,0 +1,372 @@
+"""``python -m logexec demo``: a self-check that every worker record arrives once, whole.
+
+The workload: ``workers`` tasks run at once, and task ``w`` logs ``counter = 0, 1, ...``
+through ``LoggingProcessPoolExecutor``. In the parent, one ``FileHandler`` with a JSON
+formatter writes one object per line carrying ``worker`` and ``counter``. Afterwards the
+file is read back: every line must parse, and every ``(worker, counter)`` must appear
+exactly once. The verdict is what the exit status reports.
+
+Progress is counted in the parent, by a filter on the demo's logger, never by reading the
+file while it grows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+import threading
+import time
+from array import array
+from collections.abc import Iterable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from typing import Any, TextIO
+
+from ._executor import LoggingProcessPoolExecutor
+
+# The logger the workload logs to. A child of "logexec" so that the demo never touches the
+# caller's root logger; propagate is switched off while the demo runs.
+DEMO_LOGGER = "logexec.demo"
+# How often the progress line is redrawn: live on a terminal, sparse in a log file.
+TERMINAL_PROGRESS_SECONDS = 0.1
+PLAIN_PROGRESS_SECONDS = 2.0
+# Upper bound on the whole run: generous (the demo runs at ~100k records/s on 2 cores), so
+# that only a real hang trips it, and the demo then reports instead of waiting forever.
+BASE_TIMEOUT_SECONDS = 60.0
+TIMEOUT_SECONDS_PER_RECORD = 1 / 2000
+
+
+def run_timeout(records: int) -> float:
+    """Seconds after which a run of ``records`` records is declared hung."""
+    return BASE_TIMEOUT_SECONDS + records * TIMEOUT_SECONDS_PER_RECORD
+
+
+def split_records(records: int, workers: int) -> list[int]:
+    """How many records each worker logs: ``records`` in total, as even as possible."""
+    share, remainder = divmod(records, workers)
+    return [share + (1 if worker < remainder else 0) for worker in range(workers)]
+
+
+def format_line(worker: int, counter: int, pid: int, message: str, padding: str = "") -> str:
+    """One JSON object per line; the demo and the naive alternatives write the same lines."""
+    fields: dict[str, Any] = {"worker": worker, "counter": counter, "pid": pid, "message": message}
+    if padding:
+        fields["padding"] = padding
+    return json.dumps(fields)
+
+
+class JsonLineFormatter(logging.Formatter):
+    """Renders a demo record as one JSON object (the worker id and counter ride in ``extra``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return format_line(
+            getattr(record, "worker", -1),
+            getattr(record, "counter", -1),
+            record.process or 0,
+            record.getMessage(),
+            getattr(record, "padding", ""),
+        )
+
+
+class CountingFilter(logging.Filter):
+    """Counts the records the parent handles; the progress line reads ``count``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Only the listener thread writes; the progress thread only reads an int.
+        self.count += 1
+        return True
+
+
+def log_records(worker: int, count: int, padding: str = "") -> int:
+    """The demo task: log ``count`` records numbered by a per-worker counter."""
+    logger = logging.getLogger(DEMO_LOGGER)
+    for counter in range(count):
+        logger.info(
+            "record %d of worker %d",
+            counter,
+            worker,
+            extra={"worker": worker, "counter": counter, "padding": padding},
+        )
+    return count
+
+
+class Verdict:
+    """What reading a file back found, against the records that were promised."""
+
+    def __init__(self, lines: int, corrupt: int, duplicated: int, lost: int, delivered: int) -> None:
+        self.lines = lines
+        self.corrupt = corrupt
+        self.duplicated = duplicated
+        self.lost = lost
+        self.delivered = delivered
+
+    @property
+    def ok(self) -> bool:
+        return not (self.corrupt or self.duplicated or self.lost)
+
+
+def verify_files(paths: Iterable[str], promised: Sequence[int]) -> Verdict:
+    """Read JSON lines back; ``promised[w]`` records of worker ``w`` must each appear once.
+
+    A line is corrupt if it is not one JSON object with an int ``worker`` and ``counter``
+    in range. Counters at or beyond ``promised[w]`` (logged but never promised, say by a
+    worker killed mid-call) are accepted once and count as neither lost nor duplicated.
+    """
+    seen = [array("L", bytes(array("L").itemsize * count)) for count in promised]
+    beyond: set[tuple[int, int]] = set()
+    lines = corrupt = duplicated = 0
+    for path in paths:
+        with open(path, "rb") as stream:
+            for raw in stream:
+                lines += 1
+                key = _parse_key(raw, len(promised))
+                if key is None:
+                    corrupt += 1
+                    continue
+                worker, counter = key
+                if counter < promised[worker]:
+                    if seen[worker][counter]:
+                        duplicated += 1
+                    seen[worker][counter] += 1
+                elif key in beyond:
+                    duplicated += 1
+                else:
+                    beyond.add(key)
+    delivered = sum(1 for counts in seen for count in counts if count)
+    return Verdict(lines, corrupt, duplicated, sum(promised) - delivered, delivered)
+
+
+def _parse_key(raw: bytes, workers: int) -> tuple[int, int] | None:
+    try:
+        fields = json.loads(raw)
+    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+        return None
+    if not isinstance(fields, dict):
+        return None
+    worker, counter = fields.get("worker"), fields.get("counter")
+    if type(worker) is not int or type(counter) is not int:
+        return None
+    if not (0 <= worker < workers and counter >= 0):
+        return None
+    return worker, counter
+
+
+class Progress:
+    """A progress line on ``stream``: redrawn in place on a terminal, periodic otherwise."""
+
+    def __init__(self, counter: CountingFilter, total: int, stream: TextIO) -> None:
+        self._counter = counter
+        self._total = total
+        self._stream = stream
+        self._live = _is_terminal(stream)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="logexec-demo-progress", daemon=True)
+        self._start = time.perf_counter()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self._draw(final=True)
+
+    def _run(self) -> None:
+        interval = TERMINAL_PROGRESS_SECONDS if self._live else PLAIN_PROGRESS_SECONDS
+        # Event.wait, not sleep: the line stops the moment the run ends.
+        while not self._stop.wait(interval):
+            self._draw(final=False)
+
+    def _draw(self, final: bool) -> None:
+        count = self._counter.count
+        elapsed = time.perf_counter() - self._start
+        rate = count / elapsed if elapsed > 0 else 0.0
+        line = (
+            f"demo: {count:,}/{self._total:,} records handled "
+            f"({100.0 * count / self._total:5.1f}%), {elapsed:.1f} s, {rate:,.0f} records/s"
+        )
+        try:
+            if self._live:
+                self._stream.write("\r\x1b[K" + line + ("\n" if final else ""))
+            else:
+                self._stream.write(line + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stderr must not fail the run
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class RunResult:
+    """The figures of one demo run."""
+
+    def __init__(
+        self,
+        records: int,
+        workers: int,
+        start_method: str,
+        seconds: float,
+        verdict: Verdict,
+        path: str,
+        problem: str = "",
+    ) -> None:
+        self.records = records
+        self.workers = workers
+        self.start_method = start_method
+        self.seconds = seconds
+        self.verdict = verdict
+        self.path = path
+        self.problem = problem
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict.ok and not self.problem
+
+    @property
+    def rate(self) -> float:
+        return self.verdict.delivered / self.seconds if self.seconds > 0 else 0.0
+
+    def summary_line(self) -> str:
+        verdict = self.verdict
+        return (
+            f"records={self.records} workers={self.workers} lost={verdict.lost} "
+            f"duplicated={verdict.duplicated} corrupt={verdict.corrupt} seconds={self.seconds:.2f}"
+        )
+
+    def table(self) -> str:
+        rows = [
+            ("records", f"{self.records:,}"),
+            ("workers", str(self.workers)),
+            ("start method", self.start_method),
+            ("seconds", f"{self.seconds:.2f}"),
+            ("records/s", f"{self.rate:,.0f}"),
+            ("lost", str(self.verdict.lost)),
+            ("duplicated", str(self.verdict.duplicated)),
+            ("corrupt", str(self.verdict.corrupt)),
+            ("file", self.path),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def default_output_path() -> str:
+    """A new temporary file for the demo's output; it is kept so that it can be inspected."""
+    descriptor, path = tempfile.mkstemp(prefix="logexec-demo-", suffix=".jsonl")
+    os.close(descriptor)
+    return path
+
+
+def run_workload(
+    records: int,
+    workers: int,
+    start_method: str,
+    path: str,
+    padding: str = "",
+    progress_stream: TextIO | None = None,
+) -> RunResult:
+    """Run the workload through ``LoggingProcessPoolExecutor`` into ``path``, then verify it."""
+    shares = split_records(records, workers)
+    logger = logging.getLogger(DEMO_LOGGER)
+    saved = (logger.level, logger.propagate, list(logger.handlers), list(logger.filters))
+    file_handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    file_handler.setFormatter(JsonLineFormatter())
+    counter = CountingFilter()
+    for handler in saved[2]:
+        logger.removeHandler(handler)
+    logger.addHandler(file_handler)
+    logger.addFilter(counter)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    progress = Progress(counter, records, progress_stream) if progress_stream else None
+    start = time.perf_counter()
+    try:
+        problem = _run_tasks(shares, start_method, padding, run_timeout(records), progress)
+        seconds = time.perf_counter() - start
+    finally:
+        logger.removeHandler(file_handler)
+        logger.removeFilter(counter)
+        file_handler.close()
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        for handler in saved[2]:
+            logger.addHandler(handler)
+    verdict = verify_files([path], shares)
+    return RunResult(records, workers, start_method, seconds, verdict, path, problem)
+
+
+def _run_tasks(
+    shares: list[int], start_method: str, padding: str, timeout: float, progress: Progress | None
+) -> str:
+    """Run one task per worker and wait, bounded; return a problem description or ""."""
+    context = multiprocessing.get_context(start_method)
+    executor = LoggingProcessPoolExecutor(len(shares), mp_context=context)
+    futures: list[Future[int]] = []
+    try:
+        futures = [
+            executor.submit(log_records, worker, count, padding) for worker, count in enumerate(shares)
+        ]
+        # Only now, with every worker started (under fork all are forked at the first
+        # submit): a thread running while the process forks can deadlock the child.
+        if progress is not None:
+            progress.start()
+        done, pending = wait(futures, timeout=timeout, return_when=FIRST_EXCEPTION)
+        for future in done:
+            error = future.exception(timeout=0)
+            if error is not None:
+                return f"a task failed: {type(error).__name__}: {error}"
+        if pending:
+            return f"the tasks did not finish within {timeout:.0f} s"
+        return ""
+    finally:
+        stuck = any(not future.done() for future in futures)
+        # A stuck run must not hang the demo too: do not wait for it, just report it.
+        executor.shutdown(wait=not stuck, cancel_futures=True)
+        if progress is not None:
+            progress.stop()
+
+
+def run_demo(
+    records: int,
+    workers: int,
+    start_method: str | None,
+    out: str | None,
+    compare: bool,
+    compare_records: int | None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """The ``demo`` subcommand; returns the exit status (0 only if the file verified)."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    method = start_method or multiprocessing.get_start_method()
+    path = out or default_output_path()
+    stdout.write(
+        f"logexec demo: {records:,} records from {workers} worker(s), start method {method}\noutput: {path}\n"
+    )
+    stdout.flush()
+    result = run_workload(records, workers, method, path, progress_stream=stderr)
+    stdout.write(result.table() + "\n")
+    if result.problem:
+        stdout.write(f"problem: {result.problem}\n")
+    stdout.write(("verified: " if result.ok else "FAILED: ") + result.summary_line() + "\n")
+    stdout.flush()
+    ok = result.ok
+    if compare:
+        from . import _compare  # the comparison is optional and heavier: import it on demand
+
+        size = compare_records if compare_records is not None else min(records, _compare.DEFAULT_RECORDS)
+        ok = _compare.run_comparison(size, workers, method, stdout, stderr) and ok
+    return 0 if ok else 1
