@@ -1,0 +1,86 @@
+"""Task functions for tests/test_dask.py: module-level, so Dask workers import them by name."""
+
+from __future__ import annotations
+
+import contextvars
+import datetime
+import logging
+import os
+import threading
+import uuid
+from typing import Any
+
+# Propagated into tasks by tests that use propagate_contextvars.
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+
+LOGGER = logging.getLogger("tests.dask")
+
+
+def log_messages(tag: str, count: int, level: int = logging.WARNING) -> str:
+    """Log ``count`` numbered records tagged ``tag``; return the tag."""
+    for index in range(count):
+        LOGGER.log(level, "%s %d", tag, index)
+    return tag
+
+
+def log_to(name: str, level: int, message: str) -> None:
+    logging.getLogger(name).log(level, message)
+
+
+def log_then_raise(tag: str) -> None:
+    LOGGER.warning("%s before", tag)
+    raise ValueError(f"{tag} failed")
+
+
+def log_rich_record() -> str:
+    """Log one record with args, an exception, a stack and unsafe extras."""
+    try:
+        raise KeyError("boom")
+    except KeyError:
+        LOGGER.error(
+            "merged %s and %d",
+            "text",
+            42,
+            exc_info=True,
+            stack_info=True,
+            extra={
+                "when": datetime.datetime(2024, 1, 2, 3, 4, 5),
+                "lock": threading.Lock(),
+                "plain": {"a": 1},
+            },
+        )
+    return "done"
+
+
+def log_request_id() -> str:
+    value = REQUEST_ID.get("unset")
+    LOGGER.warning("request %s", value)
+    return value
+
+
+def log_once_and_identify(tag: str) -> str:
+    """Log one record; return something unique to this run."""
+    run = uuid.uuid4().hex
+    LOGGER.warning("%s run %s", tag, run)
+    return run
+
+
+def worker_logging_state() -> dict[str, Any]:
+    """The worker's root handlers and explicit levels (for the clean-up test)."""
+    manager = logging.root.manager
+    levels = {
+        name: logger.level
+        for name, logger in list(manager.loggerDict.items())
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET
+    }
+    levels[""] = logging.root.level
+    return {
+        "pid": os.getpid(),
+        "root_handlers": [type(handler).__qualname__ for handler in logging.root.handlers],
+        "levels": levels,
+        "disable": manager.disable,
+    }
+
+
+def add(left: int, right: int) -> int:
+    return left + right

@@ -1,0 +1,352 @@
+"""LoggingDaskExecutor on a loopback LocalCluster(processes=True), shared by the module.
+
+Skipped where ``distributed`` is not installed, except the test of the ImportError itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+from tests import dask_tasks
+from tests.conftest import ListHandler
+
+pytestmark = pytest.mark.integration
+
+# Generous: a loaded CI machine may be slow, but no single step here should take long.
+RESULT_TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """One loopback cluster for the whole module: two worker processes, one thread each."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+    ) as local_cluster:
+        yield local_cluster
+
+
+@pytest.fixture(scope="module")
+def client(cluster: Any) -> Iterator[Any]:
+    distributed = pytest.importorskip("distributed")
+    with distributed.Client(cluster, set_as_default=False) as dask_client:
+        yield dask_client
+
+
+@pytest.fixture
+def make_executor(client: Any) -> Iterator[Callable[..., Any]]:
+    """Build LoggingDaskExecutors on the shared client; each is shut down afterwards."""
+    from logexec.dask import LoggingDaskExecutor
+
+    made: list[Any] = []
+
+    def make(dask_client: Any = None, **options: Any) -> Any:
+        executor = LoggingDaskExecutor(client if dask_client is None else dask_client, **options)
+        made.append(executor)
+        return executor
+
+    yield make
+    for executor in made:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def messages(handler: ListHandler) -> list[str]:
+    return handler.messages()
+
+
+# The optional extra ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_import_without_distributed_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without distributed, importing logexec.dask raises an ImportError naming the extra."""
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    monkeypatch.delitem(sys.modules, "logexec.dask", raising=False)
+    with pytest.raises(ImportError, match=r"pip install 'logexec\[dask\]'"):
+        importlib.import_module("logexec.dask")
+
+
+# Arguments ---------------------------------------------------------------------------------
+
+
+def test_rejects_what_is_not_a_client(client: Any) -> None:
+    """The client argument must be a distributed.Client, and the error names it."""
+    from logexec.dask import LoggingDaskExecutor
+
+    with pytest.raises(TypeError, match=r"client must be a distributed\.Client"):
+        LoggingDaskExecutor("tcp://127.0.0.1:8786")
+
+
+def test_rejects_bad_handlers(client: Any) -> None:
+    """handlers= is validated like LoggingProcessPoolExecutor's."""
+    from logexec.dask import LoggingDaskExecutor
+
+    with pytest.raises(TypeError, match="handlers must be None or a sequence"):
+        LoggingDaskExecutor(client, handlers=logging.StreamHandler())
+
+
+# Semantics ---------------------------------------------------------------------------------
+
+
+def test_result_means_logged(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+    """When future.result() returns, the task's records have been handled, in order."""
+    handler = collect("tests.dask")
+    executor = make_executor()
+    for round_number in range(3):
+        tag = f"round{round_number}"
+        assert executor.submit(dask_tasks.log_messages, tag, 50).result(timeout=RESULT_TIMEOUT) == tag
+        assert [m for m in messages(handler) if m.startswith(tag)] == [f"{tag} {i}" for i in range(50)]
+
+
+def test_records_survive_an_exception(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """A task that raises still delivers its records, before the exception, with a traceback."""
+    handler = collect("tests.dask")
+    future = make_executor().submit(dask_tasks.log_then_raise, "failing")
+    with pytest.raises(ValueError, match="failing failed") as raised:
+        future.result(timeout=RESULT_TIMEOUT)
+    assert messages(handler) == ["failing before"]
+    frames = [frame.name for frame in raised.traceback]
+    assert "log_then_raise" in frames
+
+
+def test_record_fidelity_and_unsafe_extras(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """Merged message, exc_text and stack_info survive; unpicklable extras become repr()."""
+    handler = collect("tests.dask")
+    assert make_executor().submit(dask_tasks.log_rich_record).result(timeout=RESULT_TIMEOUT) == "done"
+    (record,) = handler.records
+    assert record.getMessage() == "merged text and 42"
+    assert record.args is None
+    assert record.exc_text is not None and "KeyError: 'boom'" in record.exc_text
+    assert record.stack_info is not None and "log_rich_record" in record.stack_info
+    extras: Any = record
+    assert extras.when == datetime.datetime(2024, 1, 2, 3, 4, 5)
+    assert isinstance(extras.lock, str) and "lock" in extras.lock
+    assert extras.plain == {"a": 1}
+    assert record.name == "tests.dask" and record.levelno == logging.ERROR
+
+
+def test_levels_are_mirrored(make_executor: Callable[..., Any]) -> None:
+    """Driver levels decide at the source: lower ones reach the driver, others are never sent."""
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("tests.dask.mirrored").setLevel(logging.DEBUG)
+    handler = ListHandler()  # accepts anything that arrives
+    executor = make_executor(handlers=[handler])
+    executor.submit(dask_tasks.log_to, "tests.dask.mirrored.child", logging.DEBUG, "debug").result(
+        timeout=RESULT_TIMEOUT
+    )
+    executor.submit(dask_tasks.log_to, "tests.dask.other", logging.INFO, "info").result(
+        timeout=RESULT_TIMEOUT
+    )
+    logging.disable(logging.INFO)
+    executor.submit(dask_tasks.log_to, "tests.dask.mirrored", logging.INFO, "disabled").result(
+        timeout=RESULT_TIMEOUT
+    )
+    assert messages(handler) == ["debug"]
+
+
+def test_explicit_handlers_bypass_the_tree(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """With handlers=, records go to exactly those handlers, respecting their levels."""
+    root_handler = collect()
+    chosen = ListHandler()
+    too_high = ListHandler(logging.CRITICAL)
+    executor = make_executor(handlers=[chosen, too_high])
+    executor.submit(dask_tasks.log_messages, "explicit", 2).result(timeout=RESULT_TIMEOUT)
+    assert messages(chosen) == ["explicit 0", "explicit 1"]
+    assert too_high.records == []
+    assert root_handler.records == []
+
+
+def test_submitter_context_reaches_filters(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """A driver-side filter runs in the submitter's context, and propagated values reach the task."""
+    handler = collect("tests.dask")
+    seen: list[str] = []
+
+    def remember_request(record: logging.LogRecord) -> bool:
+        seen.append(dask_tasks.REQUEST_ID.get("unset"))
+        return True
+
+    handler.addFilter(remember_request)
+    executor = make_executor(propagate_contextvars=[dask_tasks.REQUEST_ID])
+    token = dask_tasks.REQUEST_ID.set("req-1")
+    try:
+        future = executor.submit(dask_tasks.log_request_id)
+    finally:
+        dask_tasks.REQUEST_ID.reset(token)
+    assert future.result(timeout=RESULT_TIMEOUT) == "req-1"
+    assert messages(handler) == ["request req-1"]
+    assert seen == ["req-1"]
+
+
+def test_map_and_context_manager(client: Any, collect: Callable[..., ListHandler]) -> None:
+    """map returns results in order; leaving the with block waits and leaves the client open."""
+    from logexec.dask import LoggingDaskExecutor
+
+    handler = collect("tests.dask")
+    with LoggingDaskExecutor(client) as executor:
+        tags = list(
+            executor.map(dask_tasks.log_messages, ["m0", "m1", "m2"], [1, 1, 1], timeout=RESULT_TIMEOUT)
+        )
+    assert tags == ["m0", "m1", "m2"]
+    assert sorted(messages(handler)) == ["m0 0", "m1 0", "m2 0"]
+    assert client.status == "running"
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(dask_tasks.add, 1, 2)
+
+
+def test_identical_submits_both_run(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """Tasks are submitted with pure=False: identical submits run, and log, once each."""
+    handler = collect("tests.dask")
+    executor = make_executor()
+    first = executor.submit(dask_tasks.log_once_and_identify, "same")
+    second = executor.submit(dask_tasks.log_once_and_identify, "same")
+    runs = {first.result(timeout=RESULT_TIMEOUT), second.result(timeout=RESULT_TIMEOUT)}
+    assert len(runs) == 2
+    assert len(handler.records) == 2
+
+
+# Isolation and hygiene ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_executors_and_clients_are_isolated(cluster: Any, make_executor: Callable[..., Any]) -> None:
+    """Executors on one client or two see only their own records, whatever other clients do."""
+    import distributed
+
+    with distributed.Client(cluster, set_as_default=False) as other_client:
+        handlers = {label: ListHandler() for label in ("a", "b", "c")}
+        executors = {
+            "a": make_executor(handlers=[handlers["a"]]),
+            "b": make_executor(handlers=[handlers["b"]]),
+            "c": make_executor(other_client, handlers=[handlers["c"]]),
+        }
+        # Another client switches Dask's own forwarding on and off in the middle.
+        other_client.forward_logging()
+        futures = [
+            executor.submit(dask_tasks.log_messages, f"{label}{index}", 20)
+            for index in range(4)
+            for label, executor in executors.items()
+        ]
+        plain = other_client.submit(dask_tasks.log_messages, "plain", 20, pure=False)
+        other_client.unforward_logging()
+        futures += [
+            executor.submit(dask_tasks.log_messages, f"{label}{index}", 20)
+            for index in range(4, 8)
+            for label, executor in executors.items()
+        ]
+        for future in futures:
+            future.result(timeout=RESULT_TIMEOUT)
+        plain.result(timeout=RESULT_TIMEOUT)
+    for label, handler in handlers.items():
+        got = messages(handler)
+        expected = [f"{label}{index} {number}" for index in range(8) for number in range(20)]
+        assert sorted(got) == sorted(expected), label
+        assert not any(m.startswith("plain") for m in got)
+
+
+@pytest.mark.timeout(60)
+def test_slow_handler_does_not_stall_the_client(client: Any, make_executor: Callable[..., Any]) -> None:
+    """A slow driver handler runs on logexec's thread; the client's network thread stays free."""
+    started = threading.Event()
+    threads: list[str] = []
+
+    class SlowHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            threads.append(threading.current_thread().name)
+            started.set()
+            time.sleep(0.4)
+
+    executor = make_executor(handlers=[SlowHandler()])
+    future = executor.submit(dask_tasks.log_messages, "slow", 5)
+    assert started.wait(timeout=RESULT_TIMEOUT)
+    begin = time.monotonic()
+    assert client.submit(dask_tasks.add, 1, 2, pure=False).result(timeout=RESULT_TIMEOUT) == 3
+    round_trip = time.monotonic() - begin
+    assert not future.done(), "the handler should still be busy"
+    future.result(timeout=RESULT_TIMEOUT)
+    assert round_trip < 1.0, f"a plain task took {round_trip:.2f}s while the handler was busy"
+    assert set(threads) == {"logexec-dask-dispatch"}
+
+
+@pytest.mark.timeout(90)
+def test_twenty_thousand_records_arrive(make_executor: Callable[..., Any]) -> None:
+    """20,000 records from concurrent tasks all arrive, each task's in order."""
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler])
+    futures = [executor.submit(dask_tasks.log_messages, f"bulk{index}", 2500) for index in range(8)]
+    for future in futures:
+        future.result(timeout=60)
+    assert len(handler.records) == 20_000
+    got = messages(handler)
+    for index in range(8):
+        tag = f"bulk{index}"
+        assert [m for m in got if m.split()[0] == tag] == [f"{tag} {number}" for number in range(2500)]
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_leaves_nothing_behind(client: Any, make_executor: Callable[..., Any]) -> None:
+    """After shutdown, workers' logging and plugins and the scheduler's plugins are as before."""
+
+    def worker_plugins(dask_worker: Any) -> list[str]:
+        return sorted(dask_worker.plugins)
+
+    def scheduler_state(dask_scheduler: Any) -> tuple[list[str], list[str]]:
+        return sorted(dask_scheduler.plugins), sorted(dask_scheduler.get_events())
+
+    before = (
+        client.run(dask_tasks.worker_logging_state),
+        client.run(worker_plugins),
+        client.run_on_scheduler(scheduler_state),
+    )
+    logging.getLogger().setLevel(logging.DEBUG)
+    logging.getLogger("tests.dask.cleanup").setLevel(logging.DEBUG)
+    executor = make_executor(handlers=[ListHandler()])
+    futures = [
+        executor.submit(dask_tasks.log_messages, f"clean{index}", 5, logging.DEBUG) for index in range(6)
+    ]
+    for future in futures:
+        future.result(timeout=RESULT_TIMEOUT)
+    executor.shutdown(wait=True)
+    after = (
+        client.run(dask_tasks.worker_logging_state),
+        client.run(worker_plugins),
+        client.run_on_scheduler(scheduler_state),
+    )
+    assert after == before
+    assert client.status == "running"
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_without_wait_still_handles_everything(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """shutdown(wait=False) returns at once, yet every submitted task's records are handled."""
+    handler = collect("tests.dask")
+    executor = make_executor()
+    futures = [executor.submit(dask_tasks.log_messages, f"late{index}", 3) for index in range(4)]
+    executor.shutdown(wait=False)
+    for future in futures:
+        future.result(timeout=RESULT_TIMEOUT)
+    assert len(handler.records) == 12
