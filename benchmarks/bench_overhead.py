@@ -1,0 +1,361 @@
+"""Per-record costs: the parent's listener CPU, and a worker's log call.
+
+Listener CPU per record. W workers log N records; the CPU time of the thread that
+receives and dispatches them is read from ``/proc/self/task/<tid>/schedstat``
+(nanoseconds) once every record is handled, and divided by N. Two parent handlers:
+``file`` (a FileHandler with the plain formatter, the throughput benchmark's) and ``null``
+(a handler that only counts: what is left is the transport and dispatch). Rows:
+
+    single    the single writer's own CPU per record (record creation + the same handler),
+              for scale: listener minus single is roughly what the channel adds
+    recipe    the QueueListener thread of the stdlib recipe
+    logexec   the "logexec-listener" thread
+
+The parent process's total CPU per record (all threads, user + system) is shown too, minus
+the same figure for a plain pool whose workers log nothing (the idle baseline).
+
+Worker log call. Inside a worker (same start method for all), a loop of K
+``logger.info`` calls is timed, wall clock and thread CPU, per call:
+
+    null      a plain ProcessPoolExecutor worker with a NullHandler on root (the in-process
+              baseline: record creation and the logger machinery, no I/O)
+    recipe    the stdlib recipe's QueueHandler (put() returns before the bytes are sent)
+    logexec   logexec's handler (the frame is in the kernel when the call returns); the
+              parent handler is a counting null handler so the listener keeps up
+
+    python3 benchmarks/bench_overhead.py
+    python3 benchmarks/bench_overhead.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import logging
+import logging.handlers
+import multiprocessing
+import os
+import random
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import _common
+
+LISTENER_CONFIGS = ("single", "floor", "recipe", "logexec")
+CALL_CONFIGS = ("null", "recipe", "logexec")
+HANDLERS = ("file", "null")
+
+
+def logging_task(source: int, count: int) -> int:
+    _common.log_records(logging.getLogger(_common.LOGGER_NAME), source, count)
+    return count
+
+
+def disabled_task(source: int, count: int) -> int:
+    logging.disable(logging.CRITICAL)
+    _common.log_records(logging.getLogger(_common.LOGGER_NAME), source, count)
+    return count
+
+
+def timed_loop_task(count: int) -> dict[str, float]:
+    logger = logging.getLogger(_common.LOGGER_NAME)
+    _common.log_records(logger, 999, 1000)  # warm-up: connections, caches
+    wall, cpu = time.perf_counter(), time.thread_time()
+    _common.log_records(logger, 0, count)
+    cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+    return {"wall_us": wall / count * 1e6, "cpu_us": cpu / count * 1e6}
+
+
+def null_initializer() -> None:
+    _common.reset_root_logger().addHandler(logging.NullHandler())
+
+
+def recipe_initializer(queue: Any) -> None:
+    _common.reset_root_logger().addHandler(logging.handlers.QueueHandler(queue))
+
+
+class DispatchByName(logging.Handler):
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        logging.getLogger(record.name).handle(record)
+        return True
+
+
+class CountingNullHandler(logging.Handler):
+    def __init__(self, expected: int) -> None:
+        super().__init__()
+        self.expected = expected
+        self.count = 0
+        self.done = threading.Event()
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+
+class CountingFileHandler(logging.FileHandler):
+    def __init__(self, path: str, expected: int) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.expected = expected
+        self.count = 0
+        self.done = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+
+
+def _process_cpu() -> float:
+    return time.process_time()  # every thread, user + system, nanosecond clock
+
+
+def listener_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    config: str = spec["config"]
+    workers: int = spec["workers"]
+    records: int = spec["records"]
+    counts = _common.split(records, workers)
+    context = multiprocessing.get_context(spec["start_method"])
+    directory = tempfile.mkdtemp(prefix="logexec-bench-")
+    root = _common.reset_root_logger()
+    handler: CountingFileHandler | CountingNullHandler
+    if spec["handler"] == "file":
+        handler = CountingFileHandler(os.path.join(directory, "out.log"), records)
+        handler.setFormatter(_common.make_formatter("plain"))
+    else:
+        handler = CountingNullHandler(records)
+    root.addHandler(handler)
+    thread_cpu = float("nan")
+    process_start = _process_cpu()
+    if config == "single":
+        start = time.thread_time()
+        logger = logging.getLogger(_common.LOGGER_NAME)
+        for source, count in enumerate(counts):
+            _common.log_records(logger, source, count)
+        thread_cpu = time.thread_time() - start
+    elif config == "floor":
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as executor:
+            for future in [executor.submit(disabled_task, s, c) for s, c in enumerate(counts)]:
+                future.result()
+    elif config == "recipe":
+        queue = context.Queue(-1)
+        listener = logging.handlers.QueueListener(queue, DispatchByName(), respect_handler_level=True)
+        listener.start()
+        native_id = listener._thread.native_id  # type: ignore[attr-defined]  # the stdlib's own thread
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
+        ) as executor:
+            for future in [executor.submit(logging_task, s, c) for s, c in enumerate(counts)]:
+                future.result()
+            handler.done.wait(timeout=300)
+            thread_cpu = _common.thread_cpu_seconds(native_id)
+        listener.stop()
+    elif config == "logexec":
+        from logexec import LoggingProcessPoolExecutor
+
+        with LoggingProcessPoolExecutor(workers, mp_context=context) as executor:
+            futures = [executor.submit(logging_task, s, c) for s, c in enumerate(counts)]
+            for future in futures:
+                future.result()  # and so every record is handled
+            (thread,) = [t for t in threading.enumerate() if t.name == "logexec-listener"]
+            assert thread.native_id is not None
+            thread_cpu = _common.thread_cpu_seconds(thread.native_id)
+    else:
+        raise ValueError(f"unknown config {config!r}")
+    process_cpu = _process_cpu() - process_start
+    handler.close()
+    if handler.count != records and config != "floor":
+        raise RuntimeError(f"{config}: {handler.count} of {records} records handled")
+    shutil.rmtree(directory, ignore_errors=True)
+    return {
+        **spec,
+        "thread_us": thread_cpu / records * 1e6,
+        "process_us": process_cpu / records * 1e6,
+    }
+
+
+def call_trial(spec: dict[str, Any]) -> dict[str, Any]:
+    config: str = spec["config"]
+    calls: int = spec["calls"]
+    context = multiprocessing.get_context(spec["start_method"])
+    root = _common.reset_root_logger()
+    handler = CountingNullHandler(calls + 1000)
+    root.addHandler(handler)
+    executor: concurrent.futures.ProcessPoolExecutor
+    listener = None
+    if config == "null":
+        executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=null_initializer)
+    elif config == "recipe":
+        queue = context.Queue(-1)
+        listener = logging.handlers.QueueListener(queue, DispatchByName(), respect_handler_level=True)
+        listener.start()
+        executor = concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
+        )
+    elif config == "logexec":
+        from logexec import LoggingProcessPoolExecutor
+
+        executor = LoggingProcessPoolExecutor(1, mp_context=context)
+    else:
+        raise ValueError(f"unknown config {config!r}")
+    with executor:
+        result: dict[str, float] = executor.submit(timed_loop_task, calls).result()
+    if listener is not None:
+        listener.stop()
+    return {**spec, **result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, a tenth of the records")
+    parser.add_argument("--workers", type=int, default=2, help="workers for the listener measurement")
+    parser.add_argument("--records", type=int, default=100_000, help="records for the listener measurement")
+    parser.add_argument("--calls", type=int, default=50_000, help="log calls timed inside the worker")
+    parser.add_argument(
+        "--start-method", default=multiprocessing.get_start_method(), choices=["fork", "spawn", "forkserver"]
+    )
+    parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    parser.add_argument("--trial", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.trial:
+        spec = json.loads(args.trial)
+        print(json.dumps(call_trial(spec) if spec["kind"] == "call" else listener_trial(spec)))
+        return
+    if args.quick:
+        args.repeats, args.records, args.calls = 2, args.records // 10, args.calls // 10
+
+    print(_common.environment_line())
+    print(f"logexec at {_common.logexec_revision()}; start method {args.start_method}")
+
+    def plan(records: int, calls: int) -> list[dict[str, Any]]:
+        base = {"start_method": args.start_method}
+        specs = [
+            {
+                **base,
+                "kind": "listener",
+                "config": c,
+                "handler": h,
+                "workers": args.workers,
+                "records": records,
+            }
+            for c in LISTENER_CONFIGS
+            for h in HANDLERS
+            if not (c == "floor" and h == "file")
+        ]
+        specs += [{**base, "kind": "call", "config": c, "calls": calls} for c in CALL_CONFIGS]
+        return specs
+
+    for spec in plan(2_000, 2_000):  # warm-up, discarded
+        _common.run_trial(__file__, spec)
+    shuffler = random.Random(args.seed)
+    results: list[dict[str, Any]] = []
+    for round_number in range(args.repeats):
+        specs = plan(args.records, args.calls)
+        shuffler.shuffle(specs)
+        for spec in specs:
+            result = _common.run_trial(__file__, spec)
+            result["round"] = round_number
+            results.append(result)
+            if spec["kind"] == "call":
+                detail = f"call {result['wall_us']:.2f} us wall, {result['cpu_us']:.2f} us CPU"
+            else:
+                detail = (
+                    f"handler {spec['handler']:4} thread {result['thread_us']:.2f} us/rec, "
+                    f"process {result['process_us']:.2f} us/rec"
+                )
+            print(f"round {round_number} {spec['kind']:8} {spec['config']:8} {detail}", flush=True)
+    text = report(args, results)
+    print()
+    print(text)
+    if not args.no_save:
+        _common.write_section("bench_overhead", text, sys.argv)
+        _common.save_json("bench_overhead", results)
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
+    listener = [r for r in results if r["kind"] == "listener"]
+    floor = {r["round"]: r["process_us"] for r in listener if r["config"] == "floor"}
+    rows = []
+    for handler in HANDLERS:
+        for config in LISTENER_CONFIGS:
+            if config == "floor":
+                continue
+            runs = [r for r in listener if r["config"] == config and r["handler"] == handler]
+            if not runs:
+                continue
+            thread = [r["thread_us"] for r in runs]
+            process = [r["process_us"] - floor.get(r["round"], 0.0) for r in runs]
+            rows.append(
+                [
+                    handler,
+                    config,
+                    f"{_common.median(thread):.2f}",
+                    _common.spread(thread),
+                    f"{_common.median(process):.2f}" if config != "single" else "-",
+                ]
+            )
+    calls = [r for r in results if r["kind"] == "call"]
+    by_round = {(r["round"], r["config"]): r for r in calls}
+    ratio: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (round_number, config), result in by_round.items():
+        null = by_round.get((round_number, "null"))
+        for field in ("wall_us", "cpu_us"):
+            ratio[config][field].append(result[field])
+            if null:
+                ratio[config][field + "_x"].append(result[field] / null[field])
+    call_rows = [
+        [
+            config,
+            f"{_common.median(ratio[config]['wall_us']):.2f}",
+            f"{_common.median(ratio[config]['wall_us_x']):.2f}",
+            f"{_common.median(ratio[config]['cpu_us']):.2f}",
+            f"{_common.median(ratio[config]['cpu_us_x']):.2f}",
+        ]
+        for config in CALL_CONFIGS
+        if config in ratio
+    ]
+    return "\n".join(
+        [
+            "## Per-record costs (bench_overhead.py)",
+            "",
+            _common.environment_line() + f"; logexec at {_common.logexec_revision()}; "
+            f"start method {args.start_method}; {args.repeats} interleaved rounds; medians.",
+            "",
+            f"### Parent CPU per record (W={args.workers}, N={args.records:,})",
+            "",
+            "`thread` is the listener thread's CPU (for `single`, the writer's own, which includes "
+            "creating the record); `process - floor` is the whole parent's CPU per record minus that "
+            "of a plain pool whose workers log nothing, in the same round.",
+            "",
+            _common.markdown_table(
+                ["parent handler", "config", "thread µs/record", "range", "process - floor µs/record"], rows
+            ),
+            "",
+            f"### Worker log call ({args.calls:,} calls in one worker, W=1)",
+            "",
+            "`x null` is the ratio to the NullHandler worker in the same round.",
+            "",
+            _common.markdown_table(
+                ["config", "wall µs/call", "x null", "CPU µs/call", "x null (CPU)"], call_rows
+            ),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
