@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
+import pickle
 import queue
 import threading
 import uuid
@@ -197,16 +198,41 @@ class _Receiver:
         try:
             outcome = dask_future.result()
         except BaseException as error:
-            # Dask could not run our wrapper at all (a KilledWorker, a function that would
-            # not unpickle there): nothing was logged that we could have received.
+            if dask_future.status == "finished":
+                # The task ran but its outcome could not travel (a value that does not
+                # serialize): fetch its records alone, then report the error.
+                self._deliver_records_only(task, dask_future)
+            # Otherwise Dask could not run our wrapper at all (a KilledWorker, a function
+            # that would not unpickle there): nothing was logged that we could receive.
             _complete(task.future, None, error)
             return
         self._deliver(task, outcome)
 
+    def _deliver_records_only(self, task: _Task, dask_future: Any) -> None:
+        try:
+            records_only = self._client.submit(_dask_worker.records_of, dask_future, pure=False)
+            records = records_only.result()
+        except Exception:
+            return  # the worker holding the outcome is gone too; nothing left to fetch
+        self._dispatch_records(records)
+
     def _deliver(self, task: _Task, outcome: _dask_worker.Outcome) -> None:
         value, error, records = outcome
+        # The records first: the future must not complete before they are handled.
+        self._dispatch_records(records)
+        if error is None:
+            _complete(task.future, value, None)
+        else:
+            _, exception, traceback = clean_exception(*error)
+            if exception is None:  # Dask's way of saying it could not rebuild it
+                exception = RuntimeError("the Dask task failed, and its exception was lost in transit")
+            _complete(task.future, None, exception.with_traceback(traceback))
+
+    def _dispatch_records(self, records: bytes) -> None:
         dispatch = self._dispatcher.dispatch
-        for payload in records:
+        # A list of bytes only: nothing in it but bytes objects can be unpickled here.
+        payloads: list[bytes] = pickle.loads(records)
+        for payload in payloads:
             try:
                 task_id, record = _transport.build_record(_transport.decode_values(payload))
             except Exception as problem:
@@ -218,13 +244,6 @@ class _Receiver:
                 )
                 continue
             dispatch(task_id, record)
-        if error is None:
-            _complete(task.future, value, None)
-        else:
-            _, exception, traceback = clean_exception(*error)
-            if exception is None:  # Dask's way of saying it could not rebuild it
-                exception = RuntimeError("the Dask task failed, and its exception was lost in transit")
-            _complete(task.future, None, exception.with_traceback(traceback))
 
     def _finish(self, task: _Task) -> None:
         self._dispatcher.forget(task.task_id)

@@ -84,3 +84,15 @@ def worker_logging_state() -> dict[str, Any]:
 
 def add(left: int, right: int) -> int:
     return left + right
+
+
+class Unsendable:
+    """A value that no serializer can send."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Unsendable cannot be pickled")
+
+
+def log_then_return_unsendable(tag: str) -> Unsendable:
+    LOGGER.warning("%s before", tag)
+    return Unsendable()

@@ -124,6 +124,17 @@ def test_records_survive_an_exception(
     assert "log_then_raise" in frames
 
 
+def test_records_survive_an_unsendable_result(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """A result that cannot be sent fails the future, but the task's records still arrive."""
+    handler = collect("tests.dask")
+    future = make_executor().submit(dask_tasks.log_then_return_unsendable, "unsendable")
+    with pytest.raises(Exception, match="serialize"):
+        future.result(timeout=RESULT_TIMEOUT)
+    assert messages(handler) == ["unsendable before"]
+
+
 def test_record_fidelity_and_unsafe_extras(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
 ) -> None:
