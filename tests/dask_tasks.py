@@ -96,3 +96,31 @@ class Unsendable:
 def log_then_return_unsendable(tag: str) -> Unsendable:
     LOGGER.warning("%s before", tag)
     return Unsendable()
+
+
+def log_badly_formatted() -> str:
+    """A log call whose arguments do not match its format: the task must not notice."""
+    LOGGER.warning("%d items", "not a number")
+    return "survived"
+
+
+def log_from_threads(tag: str) -> str:
+    """Log from a thread started in the task's context and from one started without it."""
+    import contextvars
+
+    with_context = threading.Thread(
+        target=contextvars.copy_context().run, args=(LOGGER.warning, f"{tag} inside")
+    )
+    without_context = threading.Thread(target=LOGGER.warning, args=(f"{tag} outside",))
+    for thread in (with_context, without_context):
+        thread.start()
+        thread.join(timeout=10)
+    return tag
+
+
+def sleep_then_log(seconds: float, tag: str) -> str:
+    import time
+
+    time.sleep(seconds)
+    LOGGER.warning("%s slept", tag)
+    return tag

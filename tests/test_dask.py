@@ -79,6 +79,86 @@ def test_import_without_distributed_names_the_extra(monkeypatch: pytest.MonkeyPa
         importlib.import_module("logexec.dask")
 
 
+# The worker side, in this process (no cluster) -------------------------------------------
+
+
+def _rebuilt(records: bytes) -> list[logging.LogRecord]:
+    import pickle
+
+    from logexec import _transport
+
+    return [
+        _transport.build_record(_transport.decode_values(payload))[1] for payload in pickle.loads(records)
+    ]
+
+
+def test_worker_wrapper_collects_only_its_own_context() -> None:
+    """The task wrapper returns the task's records, and none logged elsewhere meanwhile."""
+    from logexec import _dask_worker
+
+    def task() -> int:
+        dask_tasks.LOGGER.warning("mine")
+        other = threading.Thread(target=dask_tasks.LOGGER.warning, args=("not mine",))
+        other.start()
+        other.join(timeout=10)
+        return 7
+
+    value, error, records = _dask_worker.run_task(3, ({"": logging.WARNING}, 0), (), None, task, {})
+    assert (value, error) == (7, None)
+    assert [record.getMessage() for record in _rebuilt(records)] == ["mine"]
+    assert not any(type(handler).__name__ == "_TaskHandler" for handler in logging.getLogger().handlers)
+
+
+def test_worker_levels_are_lowered_only_while_tasks_run() -> None:
+    """Levels go down to the lowest a running task asks for, and back when the last one ends."""
+    from logexec import _dask_worker
+
+    lease = _dask_worker._LoggingLease()
+    app = logging.getLogger("tests.dask.lease")
+    logging.getLogger().setLevel(logging.WARNING)
+    first = lease.acquire({"": logging.INFO, "tests.dask.lease": logging.DEBUG})
+    second = lease.acquire({"": logging.ERROR})
+    assert logging.getLogger().level == logging.INFO  # lowered, never raised
+    assert app.level == logging.DEBUG
+    assert sum(type(h).__name__ == "_TaskHandler" for h in logging.getLogger().handlers) == 1
+    lease.release(first)
+    assert logging.getLogger().level == logging.WARNING
+    assert app.level == logging.NOTSET
+    lease.release(second)
+    assert logging.getLogger().level == logging.WARNING
+    assert not any(type(h).__name__ == "_TaskHandler" for h in logging.getLogger().handlers)
+
+
+def test_worker_level_changed_meanwhile_is_kept() -> None:
+    """A level that someone else set while a task ran is not overwritten when it ends."""
+    from logexec import _dask_worker
+
+    lease = _dask_worker._LoggingLease()
+    logging.getLogger().setLevel(logging.WARNING)
+    held = lease.acquire({"": logging.DEBUG})
+    logging.getLogger().setLevel(logging.CRITICAL)
+    lease.release(held)
+    assert logging.getLogger().level == logging.CRITICAL
+
+
+def test_worker_filters_by_its_own_drivers_levels() -> None:
+    """A task whose driver wants WARNING gets no INFO, even while another task lowered root."""
+    from logexec import _dask_worker
+
+    lease = _dask_worker._LEASE  # the one run_task uses, as another task would hold it
+    other = lease.acquire({"": logging.DEBUG})
+    try:
+
+        def task() -> None:
+            dask_tasks.LOGGER.info("too low")
+            dask_tasks.LOGGER.warning("kept")
+
+        _, _, records = _dask_worker.run_task(4, ({"": logging.WARNING}, 0), (), None, task, {})
+    finally:
+        lease.release(other)
+    assert [record.getMessage() for record in _rebuilt(records)] == ["kept"]
+
+
 # Arguments ---------------------------------------------------------------------------------
 
 
@@ -236,6 +316,59 @@ def test_identical_submits_both_run(
     runs = {first.result(timeout=RESULT_TIMEOUT), second.result(timeout=RESULT_TIMEOUT)}
     assert len(runs) == 2
     assert len(handler.records) == 2
+
+
+def test_a_bad_log_call_never_fails_the_task(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """A log call whose message cannot be merged still arrives, and the task succeeds."""
+    handler = collect("tests.dask")
+    assert make_executor().submit(dask_tasks.log_badly_formatted).result(timeout=RESULT_TIMEOUT) == "survived"
+    (record,) = handler.records
+    assert "could not merge the message" in record.getMessage()
+
+
+def test_threads_in_the_task_context_are_the_tasks(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """A thread started in the task's context is delivered; one started outside it is not ours."""
+    handler = collect("tests.dask")
+    make_executor().submit(dask_tasks.log_from_threads, "threads").result(timeout=RESULT_TIMEOUT)
+    assert messages(handler) == ["threads inside"]
+
+
+def test_a_failing_driver_handler_does_not_stop_delivery(make_executor: Callable[..., Any]) -> None:
+    """A driver handler that raises is reported via handleError; the next handler and the future go on."""
+
+    class Broken(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raise RuntimeError("broken handler")
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            failures.append(record.getMessage())
+
+    failures: list[str] = []
+    after = ListHandler()
+    executor = make_executor(handlers=[Broken(), after])
+    assert executor.submit(dask_tasks.log_messages, "broken", 2).result(timeout=RESULT_TIMEOUT) == "broken"
+    assert messages(after) == ["broken 0", "broken 1"]
+    assert failures == ["broken 0", "broken 1"]
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_can_cancel_waiting_tasks(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """shutdown(cancel_futures=True) cancels what has not finished; finished tasks keep their records."""
+    handler = collect("tests.dask")
+    executor = make_executor()
+    done = executor.submit(dask_tasks.log_messages, "kept", 1)
+    done.result(timeout=RESULT_TIMEOUT)
+    waiting = [executor.submit(dask_tasks.sleep_then_log, 0.5, f"cancelled{index}") for index in range(20)]
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert all(future.done() for future in waiting)
+    assert sum(future.cancelled() for future in waiting) >= 15
+    assert "kept 0" in messages(handler)
 
 
 # Isolation and hygiene ---------------------------------------------------------------------
