@@ -19,8 +19,6 @@ import pytest
 from tests import dask_tasks
 from tests.conftest import ListHandler
 
-pytestmark = pytest.mark.integration
-
 # Generous: a loaded CI machine may be slow, but no single step here should take long.
 RESULT_TIMEOUT = 30
 
@@ -159,9 +157,40 @@ def test_worker_filters_by_its_own_drivers_levels() -> None:
     assert [record.getMessage() for record in _rebuilt(records)] == ["kept"]
 
 
+def test_worker_late_record_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """A record logged in a task's context after the task returned is written to stderr, not lost."""
+    import contextvars
+
+    from logexec import _dask_worker
+
+    release = threading.Event()
+    late = threading.Thread()
+
+    def task() -> None:
+        nonlocal late
+
+        def log_later() -> None:
+            release.wait(timeout=10)
+            dask_tasks.LOGGER.warning("too late")
+
+        late = threading.Thread(target=contextvars.copy_context().run, args=(log_later,))
+        late.start()
+
+    _, _, records = _dask_worker.run_task(5, ({"": logging.WARNING}, 0), (), None, task, {})
+    holder = _dask_worker._LEASE.acquire({"": logging.WARNING})  # keep the handler installed
+    try:
+        release.set()
+        late.join(timeout=10)
+    finally:
+        _dask_worker._LEASE.release(holder)
+    assert _rebuilt(records) == []
+    assert "too late" in capsys.readouterr().err
+
+
 # Arguments ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_rejects_what_is_not_a_client(client: Any) -> None:
     """The client argument must be a distributed.Client, and the error names it."""
     from logexec.dask import LoggingDaskExecutor
@@ -170,6 +199,7 @@ def test_rejects_what_is_not_a_client(client: Any) -> None:
         LoggingDaskExecutor("tcp://127.0.0.1:8786")
 
 
+@pytest.mark.integration
 def test_rejects_bad_handlers(client: Any) -> None:
     """handlers= is validated like LoggingProcessPoolExecutor's."""
     from logexec.dask import LoggingDaskExecutor
@@ -181,6 +211,7 @@ def test_rejects_bad_handlers(client: Any) -> None:
 # Semantics ---------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_result_means_logged(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
     """When future.result() returns, the task's records have been handled, in order."""
     handler = collect("tests.dask")
@@ -191,6 +222,7 @@ def test_result_means_logged(make_executor: Callable[..., Any], collect: Callabl
         assert [m for m in messages(handler) if m.startswith(tag)] == [f"{tag} {i}" for i in range(50)]
 
 
+@pytest.mark.integration
 def test_records_survive_an_exception(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
 ) -> None:
@@ -204,6 +236,7 @@ def test_records_survive_an_exception(
     assert "log_then_raise" in frames
 
 
+@pytest.mark.integration
 def test_records_survive_an_unsendable_result(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
 ) -> None:
@@ -215,6 +248,7 @@ def test_records_survive_an_unsendable_result(
     assert messages(handler) == ["unsendable before"]
 
 
+@pytest.mark.integration
 def test_record_fidelity_and_unsafe_extras(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
 ) -> None:
@@ -233,6 +267,7 @@ def test_record_fidelity_and_unsafe_extras(
     assert record.name == "tests.dask" and record.levelno == logging.ERROR
 
 
+@pytest.mark.integration
 def test_levels_are_mirrored(make_executor: Callable[..., Any]) -> None:
     """Driver levels decide at the source: lower ones reach the driver, others are never sent."""
     logging.getLogger().setLevel(logging.WARNING)
@@ -252,6 +287,7 @@ def test_levels_are_mirrored(make_executor: Callable[..., Any]) -> None:
     assert messages(handler) == ["debug"]
 
 
+@pytest.mark.integration
 def test_explicit_handlers_bypass_the_tree(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
 ) -> None:
@@ -266,6 +302,7 @@ def test_explicit_handlers_bypass_the_tree(
     assert root_handler.records == []
 
 
+@pytest.mark.integration
 def test_submitter_context_reaches_filters(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
 ) -> None:
@@ -289,6 +326,7 @@ def test_submitter_context_reaches_filters(
     assert seen == ["req-1"]
 
 
+@pytest.mark.integration
 def test_map_and_context_manager(client: Any, collect: Callable[..., ListHandler]) -> None:
     """map returns results in order; leaving the with block waits and leaves the client open."""
     from logexec.dask import LoggingDaskExecutor
@@ -305,6 +343,7 @@ def test_map_and_context_manager(client: Any, collect: Callable[..., ListHandler
         executor.submit(dask_tasks.add, 1, 2)
 
 
+@pytest.mark.integration
 def test_identical_submits_both_run(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
 ) -> None:
@@ -318,6 +357,7 @@ def test_identical_submits_both_run(
     assert len(handler.records) == 2
 
 
+@pytest.mark.integration
 def test_a_bad_log_call_never_fails_the_task(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
 ) -> None:
@@ -328,6 +368,7 @@ def test_a_bad_log_call_never_fails_the_task(
     assert "could not merge the message" in record.getMessage()
 
 
+@pytest.mark.integration
 def test_threads_in_the_task_context_are_the_tasks(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
 ) -> None:
@@ -337,6 +378,7 @@ def test_threads_in_the_task_context_are_the_tasks(
     assert messages(handler) == ["threads inside"]
 
 
+@pytest.mark.integration
 def test_a_failing_driver_handler_does_not_stop_delivery(make_executor: Callable[..., Any]) -> None:
     """A driver handler that raises is reported via handleError; the next handler and the future go on."""
 
@@ -355,6 +397,7 @@ def test_a_failing_driver_handler_does_not_stop_delivery(make_executor: Callable
     assert failures == ["broken 0", "broken 1"]
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_shutdown_can_cancel_waiting_tasks(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
@@ -374,6 +417,7 @@ def test_shutdown_can_cancel_waiting_tasks(
 # Isolation and hygiene ---------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(90)
 def test_executors_and_clients_are_isolated(cluster: Any, make_executor: Callable[..., Any]) -> None:
     """Executors on one client or two see only their own records, whatever other clients do."""
@@ -410,6 +454,7 @@ def test_executors_and_clients_are_isolated(cluster: Any, make_executor: Callabl
         assert not any(m.startswith("plain") for m in got)
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_slow_handler_does_not_stall_the_client(client: Any, make_executor: Callable[..., Any]) -> None:
     """A slow driver handler runs on logexec's thread; the client's network thread stays free."""
@@ -420,7 +465,7 @@ def test_slow_handler_does_not_stall_the_client(client: Any, make_executor: Call
         def emit(self, record: logging.LogRecord) -> None:
             threads.append(threading.current_thread().name)
             started.set()
-            time.sleep(0.4)
+            time.sleep(0.5)
 
     executor = make_executor(handlers=[SlowHandler()])
     future = executor.submit(dask_tasks.log_messages, "slow", 5)
@@ -434,6 +479,7 @@ def test_slow_handler_does_not_stall_the_client(client: Any, make_executor: Call
     assert set(threads) == {"logexec-dask-dispatch"}
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(90)
 def test_twenty_thousand_records_arrive(make_executor: Callable[..., Any]) -> None:
     """20,000 records from concurrent tasks all arrive, each task's in order."""
@@ -449,6 +495,7 @@ def test_twenty_thousand_records_arrive(make_executor: Callable[..., Any]) -> No
         assert [m for m in got if m.split()[0] == tag] == [f"{tag} {number}" for number in range(2500)]
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_shutdown_leaves_nothing_behind(client: Any, make_executor: Callable[..., Any]) -> None:
     """After shutdown, workers' logging and plugins and the scheduler's plugins are as before."""
@@ -482,6 +529,7 @@ def test_shutdown_leaves_nothing_behind(client: Any, make_executor: Callable[...
     assert client.status == "running"
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_shutdown_without_wait_still_handles_everything(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
