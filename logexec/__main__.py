@@ -21,6 +21,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def writable_file(text: str) -> str:
+    """An argparse type: a file that can be opened for writing (it is created if missing)."""
+    try:
+        # Fail now, as a usage error, rather than after the workers have run.
+        open(text, "a").close()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {error.strerror or error}") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m logexec",
@@ -56,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--out",
+        type=writable_file,
         metavar="FILE",
         default=None,
         help="file the parent writes the JSON lines to; overwritten (default: a new temporary "

@@ -167,23 +167,75 @@ class Outcome:
         return outcome
 
 
+class Trial:
+    """One alternative's run: the workload, the shared counters and what came of it."""
+
+    def __init__(self, name: str, records: int, workers: int, start_method: str, directory: str) -> None:
+        self.context: Any = multiprocessing.get_context(start_method)
+        self.shares = split_records(records, workers)
+        # Worker 0 of a "-killed" alternative kills itself halfway through its share.
+        self.kill_at = [-1] * workers
+        if name.endswith("-killed"):
+            self.kill_at[0] = self.shares[0] // 2
+        self.promised: Any = self.context.RawArray("q", workers)
+        self.barrier: Any = self.context.Barrier(workers)
+        self.path = os.path.join(directory, "out.jsonl")
+        self.deadline = run_timeout(records)
+        self.outcome = Outcome(name, records)
+
+    def start_processes(self, kind: str, target: Any) -> list[Any]:
+        """Start one naive worker process per share."""
+        processes = [
+            self.context.Process(
+                target=run_naive_worker,
+                args=(kind, target, worker, count, self.kill_at[worker], self.promised, self.barrier),
+                name=f"naive-worker-{worker}",
+                daemon=True,
+            )
+            for worker, count in enumerate(self.shares)
+        ]
+        for process in processes:
+            process.start()
+        return processes
+
+    def wait_processes(self, processes: Sequence[Any]) -> None:
+        """Wait, bounded, for the workers to log their shares and exit; kill the hung ones."""
+        # Phase one: logging, bounded generously. No handle says "this worker has logged
+        # its share", so the shared counters are sampled.
+        end = time.monotonic() + self.deadline
+        while time.monotonic() < end:
+            if all(
+                not process.is_alive() or self.promised[worker] >= self.shares[worker]
+                for worker, process in enumerate(processes)
+            ):
+                break
+            time.sleep(0.02)
+        # Phase two: exiting; a healthy worker is gone well within the grace period.
+        end = time.monotonic() + GRACE_SECONDS
+        for process in processes:
+            process.join(timeout=max(0.0, end - time.monotonic()))
+        living = [process for process in processes if process.is_alive()]
+        if living:
+            self.hung(f"{len(living)} worker(s)")
+            for process in living:
+                process.kill()
+            for process in living:
+                process.join(timeout=GRACE_SECONDS)
+
+    def hung(self, what: str) -> None:
+        outcome = self.outcome
+        outcome.hung = f"{outcome.hung}, {what}" if outcome.hung else what
+
+
 def run_alternative(name: str, records: int, workers: int, start_method: str, directory: str) -> Outcome:
     """Run one alternative in this process; every wait is bounded."""
-    context = multiprocessing.get_context(start_method)
-    shares = split_records(records, workers)
-    kill_at = [-1] * workers
-    if name.endswith("-killed"):
-        kill_at[0] = shares[0] // 2
-    promised = context.RawArray("q", workers)
-    barrier = context.Barrier(workers)
-    path = os.path.join(directory, "out.jsonl")
-    outcome = Outcome(name, records)
-    deadline = run_timeout(records)
+    trial = Trial(name, records, workers, start_method, directory)
     start = time.perf_counter()
-    runner = _RUNNERS[name.replace("-killed", "")]
-    paths = runner(context, shares, kill_at, promised, barrier, path, deadline, outcome)
+    paths = _RUNNERS[name.replace("-killed", "")](trial)
+    outcome = trial.outcome
     outcome.seconds = time.perf_counter() - start
-    verdict = verify_files(paths, list(promised))
+    promised = list(trial.promised)
+    verdict = verify_files(paths, promised)
     outcome.promised = sum(promised)
     outcome.delivered = verdict.delivered
     outcome.lost = verdict.lost
@@ -192,139 +244,64 @@ def run_alternative(name: str, records: int, workers: int, start_method: str, di
     return outcome
 
 
-def _run_logexec(
-    context: Any,
-    shares: list[int],
-    kill_at: list[int],
-    promised: Any,
-    barrier: Any,
-    path: str,
-    deadline: float,
-    outcome: Outcome,
-) -> list[str]:
+def _run_logexec(trial: Trial) -> list[str]:
     logger = logging.getLogger(DEMO_LOGGER)
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler = logging.FileHandler(trial.path, mode="w", encoding="utf-8")
     handler.setFormatter(JsonLineFormatter())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     executor = LoggingProcessPoolExecutor(
-        len(shares), mp_context=context, initializer=_install_shared, initargs=(promised, barrier)
+        len(trial.shares),
+        mp_context=trial.context,
+        initializer=_install_shared,
+        initargs=(trial.promised, trial.barrier),
     )
     futures = [
-        executor.submit(log_counted, worker, count, kill_at[worker]) for worker, count in enumerate(shares)
+        executor.submit(log_counted, worker, count, trial.kill_at[worker])
+        for worker, count in enumerate(trial.shares)
     ]
-    _, pending = wait(futures, timeout=deadline, return_when=ALL_COMPLETED)
-    failures = {
-        type(error).__name__ for error in (f.exception(timeout=0) for f in futures if f.done()) if error
-    }
+    _, pending = wait(futures, timeout=trial.deadline, return_when=ALL_COMPLETED)
+    errors = [future.exception(timeout=0) for future in futures if future.done()]
+    failures = sorted({type(error).__name__ for error in errors if error is not None})
     if failures:
-        killed = any(at >= 0 for at in kill_at)
-        outcome.note = "pool broken, as expected" if killed else "failed: " + ", ".join(sorted(failures))
+        killed = any(at >= 0 for at in trial.kill_at)
+        trial.outcome.note = "pool broken, as expected" if killed else "failed: " + ", ".join(failures)
+    if pending:
+        trial.hung("tasks")
     stopper = threading.Thread(target=executor.shutdown, kwargs={"cancel_futures": True}, daemon=True)
     stopper.start()
     stopper.join(timeout=GRACE_SECONDS + 10.0)
-    if pending or stopper.is_alive():
-        outcome.hung = "tasks" if pending else "shutdown"
+    if stopper.is_alive():
+        trial.hung("shutdown")
     handler.close()
-    return [path]
+    return [trial.path]
 
 
-def _run_processes(
-    context: Any,
-    kind: str,
-    target: Any,
-    shares: list[int],
-    kill_at: list[int],
-    promised: Any,
-    barrier: Any,
-    deadline: float,
-) -> list[Any]:
-    """Start one process per worker, wait (bounded) for all to exit; return the living."""
-    processes = [
-        context.Process(
-            target=run_naive_worker,
-            args=(kind, target, worker, count, kill_at[worker], promised, barrier),
-            name=f"naive-worker-{worker}",
-            daemon=True,
-        )
-        for worker, count in enumerate(shares)
-    ]
-    for process in processes:
-        process.start()
-    # Phase one: logging, bounded generously. There is no handle that says "a worker has
-    # logged its share", so the shared counters are sampled.
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if all(
-            not process.is_alive() or promised[worker] >= shares[worker]
-            for worker, process in enumerate(processes)
-        ):
-            break
-        time.sleep(0.02)
-    # Phase two: exiting; a healthy worker is gone well within the grace period.
-    end = time.monotonic() + GRACE_SECONDS
-    for process in processes:
-        process.join(timeout=max(0.0, end - time.monotonic()))
-    living = [process for process in processes if process.is_alive()]
-    return living
+def _run_file(trial: Trial) -> list[str]:
+    open(trial.path, "w").close()
+    trial.wait_processes(trial.start_processes("file", trial.path))
+    return [trial.path]
 
 
-def _kill(processes: Sequence[Any]) -> None:
-    for process in processes:
-        process.kill()
-    for process in processes:
-        process.join(timeout=GRACE_SECONDS)
-
-
-def _run_file(
-    context: Any,
-    shares: list[int],
-    kill_at: list[int],
-    promised: Any,
-    barrier: Any,
-    path: str,
-    deadline: float,
-    outcome: Outcome,
-) -> list[str]:
-    open(path, "w").close()
-    living = _run_processes(context, "file", path, shares, kill_at, promised, barrier, deadline)
-    if living:
-        outcome.hung = f"{len(living)} worker(s)"
-        _kill(living)
-    return [path]
-
-
-def _run_pipe(
-    context: Any,
-    shares: list[int],
-    kill_at: list[int],
-    promised: Any,
-    barrier: Any,
-    path: str,
-    deadline: float,
-    outcome: Outcome,
-) -> list[str]:
-    fifo = path + ".fifo"
+def _run_pipe(trial: Trial) -> list[str]:
+    fifo = trial.path + ".fifo"
     os.mkfifo(fifo, 0o600)
     # Open the reading end first (non-blocking, or it waits for a writer), then hold a
     # writing end ourselves so that the reader sees no EOF before the workers connect.
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     keeper = os.open(fifo, os.O_WRONLY)
     os.set_blocking(reader, True)
-    pump = threading.Thread(target=_copy_until_eof, args=(reader, path), daemon=True)
+    pump = threading.Thread(target=_copy_until_eof, args=(reader, trial.path), daemon=True)
     pump.start()
     try:
-        living = _run_processes(context, "pipe", fifo, shares, kill_at, promised, barrier, deadline)
-        if living:
-            outcome.hung = f"{len(living)} worker(s)"
-            _kill(living)
+        trial.wait_processes(trial.start_processes("pipe", fifo))
     finally:
         os.close(keeper)
     pump.join(timeout=GRACE_SECONDS)
     if pump.is_alive():
-        outcome.hung = outcome.hung or "pipe reader"
-    return [path]
+        trial.hung("pipe reader")
+    return [trial.path]
 
 
 def _copy_until_eof(reader: int, path: str) -> None:
@@ -337,27 +314,13 @@ def _copy_until_eof(reader: int, path: str) -> None:
     os.close(reader)
 
 
-def _run_rotating(
-    context: Any,
-    shares: list[int],
-    kill_at: list[int],
-    promised: Any,
-    barrier: Any,
-    path: str,
-    deadline: float,
-    outcome: Outcome,
-) -> list[str]:
+def _run_rotating(trial: Trial) -> list[str]:
     line_size = len(JsonLineFormatter().format(_sample_record())) + 1
-    max_bytes = max(1, sum(shares) * line_size // ROTATIONS)
-    living = _run_processes(
-        context, "rotating", (path, max_bytes), shares, kill_at, promised, barrier, deadline
-    )
-    if living:
-        outcome.hung = f"{len(living)} worker(s)"
-        _kill(living)
-    paths = [path, *glob.glob(glob.escape(path) + ".*")]
-    outcome.note = f"{len(paths) - 1} backups of {max_bytes // 1000:,} KB"
-    return [p for p in paths if os.path.isfile(p)]
+    max_bytes = max(1, sum(trial.shares) * line_size // ROTATIONS)
+    trial.wait_processes(trial.start_processes("rotating", (trial.path, max_bytes)))
+    backups = glob.glob(glob.escape(trial.path) + ".*")
+    trial.outcome.note = f"{len(backups)} backups of {max_bytes // 1000:,} KB"
+    return [path for path in [trial.path, *backups] if os.path.isfile(path)]
 
 
 def _sample_record() -> logging.LogRecord:
@@ -366,27 +329,15 @@ def _sample_record() -> logging.LogRecord:
     return record
 
 
-def _run_queue(
-    context: Any,
-    shares: list[int],
-    kill_at: list[int],
-    promised: Any,
-    barrier: Any,
-    path: str,
-    deadline: float,
-    outcome: Outcome,
-) -> list[str]:
+def _run_queue(trial: Trial) -> list[str]:
     # The logging cookbook's recipe: one unbounded multiprocessing.Queue, a QueueHandler in
     # each worker, a QueueListener in the parent writing to the file.
-    queue = context.Queue(-1)
-    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    queue = trial.context.Queue(-1)
+    handler = logging.FileHandler(trial.path, mode="w", encoding="utf-8")
     handler.setFormatter(JsonLineFormatter())
     listener = logging.handlers.QueueListener(queue, handler)
     listener.start()
-    living = _run_processes(context, "queue", queue, shares, kill_at, promised, barrier, deadline)
-    if living:
-        outcome.hung = f"{len(living)} worker(s)"
-        _kill(living)
+    trial.wait_processes(trial.start_processes("queue", queue))
     # The parent's own put of the stop sentinel needs the queue's write lock, which the
     # killed worker may hold forever; never join our feeder thread at exit.
     queue.cancel_join_thread()
@@ -394,12 +345,12 @@ def _run_queue(
     stopper.start()
     stopper.join(timeout=GRACE_SECONDS)
     if stopper.is_alive():
-        outcome.hung = (outcome.hung + ", " if outcome.hung else "") + "listener.stop()"
+        trial.hung("listener.stop()")
     handler.close()
-    return [path]
+    return [trial.path]
 
 
-_RUNNERS: dict[str, Callable[..., list[str]]] = {
+_RUNNERS: dict[str, Callable[[Trial], list[str]]] = {
     "logexec": _run_logexec,
     "file": _run_file,
     "pipe": _run_pipe,

@@ -174,6 +174,10 @@ def test_compare_prints_every_alternative_and_ours_verify(
         (["demo", "--start-method", "thread"], "argument --start-method: invalid choice: 'thread'"),
         (["demo", "--bogus"], "unrecognized arguments: --bogus"),
         (["nonsense"], "invalid choice: 'nonsense'"),
+        (
+            ["demo", "--out", "/nonexistent/dir/out.jsonl"],
+            "argument --out: cannot write '/nonexistent/dir/out.jsonl'",
+        ),
     ],
 )
 def test_bad_options_exit_2_with_argparse_error(
