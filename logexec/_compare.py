@@ -377,11 +377,18 @@ def child_main(argv: Sequence[str]) -> None:
 # The demo side ---------------------------------------------------------------------------
 
 
-def run_child(name: str, records: int, workers: int, start_method: str) -> Outcome:
-    """Run one alternative in its own session; kill the whole session if it overruns."""
+def run_child(
+    name: str, records: int, workers: int, start_method: str, timeout: float | None = None
+) -> Outcome:
+    """Run one alternative in its own session; kill the whole session if it overruns.
+
+    ``timeout`` defaults to the run's bound plus the child's own bounded waits and a margin,
+    so that it only trips when the child's own hang detection failed.
+    """
+    if timeout is None:
+        timeout = run_timeout(records) + 4 * GRACE_SECONDS + 20.0
     directory = tempfile.mkdtemp(prefix=f"logexec-compare-{name}-")
     try:
-        timeout = run_timeout(records) + 4 * GRACE_SECONDS + 20.0
         with open(os.path.join(directory, "stderr.txt"), "wb") as errors:
             child = subprocess.Popen(
                 [
@@ -417,7 +424,7 @@ def run_child(name: str, records: int, workers: int, start_method: str) -> Outco
         except (OSError, ValueError):
             outcome = Outcome(name, records)
             if child.returncode is None or child.returncode == -signal.SIGKILL:
-                outcome.hung = f"killed after {timeout:.0f} s"
+                outcome.hung = f"no report, killed after {timeout:g} s"
             else:
                 with open(os.path.join(directory, "stderr.txt"), "rb") as stream:
                     tail = stream.read().decode("utf-8", "replace").strip().splitlines()[-1:]

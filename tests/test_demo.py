@@ -163,6 +163,22 @@ def test_compare_prints_every_alternative_and_ours_verify(
         assert f"compare: running {label} ..." in captured.err
 
 
+@pytest.mark.timeout(20)
+def test_compare_kills_an_alternative_that_overruns() -> None:
+    """An alternative that does not report in time is killed, with its workers, and shown as hung."""
+    outcome = _compare.run_child("queue-killed", 100, 2, "fork", timeout=0.01)
+    assert outcome.hung == "no report, killed after 0.01 s"
+    assert _compare.outcome_status(outcome).startswith("HUNG")
+
+
+@pytest.mark.timeout(20)
+def test_compare_reports_an_alternative_that_crashes() -> None:
+    """An alternative that fails is reported as FAILED with the last line of its error."""
+    outcome = _compare.run_child("no-such-alternative", 100, 2, "fork")
+    assert outcome.note.startswith("failed (exit 1): KeyError")
+    assert _compare.outcome_status(outcome) == "FAILED"
+
+
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize(
     ("argv", "message"),
