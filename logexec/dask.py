@@ -65,7 +65,7 @@ try:
     import distributed
     from dask.utils import funcname
     from distributed.core import clean_exception
-except ImportError as error:  # pragma: no cover - exercised in a subprocess-free test
+except ImportError as error:
     raise ImportError(
         "logexec.dask needs Dask's 'distributed' package, an optional extra of logexec; "
         "install it with: pip install 'logexec[dask]'"
@@ -107,8 +107,6 @@ class _Receiver:
         self._dispatcher = dispatcher
         self._arrivals: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        # Signalled whenever a task leaves _in_flight.
-        self._idle = threading.Condition(self._lock)
         self._in_flight: dict[int, _Task] = {}
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -124,10 +122,11 @@ class _Receiver:
 
     def discard(self, task: _Task) -> None:
         """Forget a task that never reached Dask (its submit raised)."""
-        with self._idle:
+        with self._lock:
             self._in_flight.pop(task.task_id, None)
-            self._idle.notify_all()
         self._dispatcher.forget(task.task_id)
+        # A shutdown may be waiting for exactly this task to leave.
+        self._arrivals.put(_WAKE)
 
     def arrived(self, task: _Task) -> None:
         """Dask's done-callback: runs on Dask's callback thread, so it only enqueues."""
@@ -249,9 +248,8 @@ class _Receiver:
         self._dispatcher.forget(task.task_id)
         # Let Dask release the outcome on the worker now that we have it.
         task.dask_future = None
-        with self._idle:
+        with self._lock:
             self._in_flight.pop(task.task_id, None)
-            self._idle.notify_all()
 
 
 class LoggingDaskExecutor(Executor):
