@@ -48,7 +48,7 @@ _STDERR_FORMATTER = logging.Formatter(logging.BASIC_FORMAT)
 class _Collector:
     """The records of one running task, as wire values, in the order they were logged."""
 
-    __slots__ = ("_disabled", "_effective", "_levels", "closed", "records", "task_id")
+    __slots__ = ("_disabled", "_effective", "_levels", "closed", "lock", "records", "task_id")
 
     def __init__(self, task_id: int, levels: Levels) -> None:
         self.task_id = task_id
@@ -56,6 +56,9 @@ class _Collector:
         # The driver's effective level per logger name, computed once per name.
         self._effective: dict[str, int] = {}
         self.records: list[tuple[Any, ...]] = []
+        # Guards records and closed against a thread of the task that logs while the task
+        # returns: its record is either in the outcome or reported, never silently lost.
+        self.lock = threading.Lock()
         self.closed = False
 
     def wants(self, record: logging.LogRecord) -> bool:
@@ -99,14 +102,16 @@ class _TaskHandler(logging.Handler):
         try:
             if not collector.wants(record):
                 return
-            if collector.closed:
-                # A thread that inherited the task's context logged after the task
-                # returned. Its outcome is gone; keep the record rather than drop it.
-                _write_to_stderr(record, "logged after its logexec task had returned")
-                return
             # Merge the message and render the exception now, while args and exc_info
             # still hold the values of the moment of the call.
-            collector.records.append(_transport.record_values(record, collector.task_id))
+            values = _transport.record_values(record, collector.task_id)
+            with collector.lock:
+                if not collector.closed:
+                    collector.records.append(values)
+                    return
+            # A thread that inherited the task's context logged after the task returned.
+            # Its outcome is gone; keep the record rather than drop it.
+            _write_to_stderr(record, "logged after its logexec task had returned")
         except Exception:
             # Never raise into the task (record_values itself does not, but be sure).
             _write_to_stderr(record, "could not be collected")
@@ -226,14 +231,16 @@ def _collect(
             value = fn(*args, **kwargs)
     except BaseException as exception:  # as ProcessPoolExecutor's workers do
         error = _serialize_error(exception)
+    with collector.lock:
+        collector.closed = True
+        collected, collector.records = collector.records, []
     # Each record is pickled alone, so that one bad value costs only its own repr (and, in
     # the driver, only its own record). The list then travels as one bytes object: do not
     # change this to return the list itself, because Dask serializes each element of a
     # returned list as a frame of its own, which made the transfer ten times slower.
     records = pickle.dumps(
-        [_transport.encode_values(values) for values in collector.records], _transport.PICKLE_PROTOCOL
+        [_transport.encode_values(values) for values in collected], _transport.PICKLE_PROTOCOL
     )
-    collector.records = []
     return value, error, records
 
 
@@ -246,13 +253,20 @@ def _serialize_error(exception: BaseException) -> tuple[bytes, bytes | None]:
     # Dask's own serialization of a task's exception (tblib for the traceback, a repr for
     # what will not pickle, truncation of huge messages), so the driver sees the same
     # exception that Client.submit would have raised.
-    from distributed.core import error_message
+    try:
+        from distributed.core import error_message
 
-    message: Any = error_message(exception)
-    exception_bytes = getattr(message["exception"], "data", message["exception"])
-    traceback = message.get("traceback")
-    traceback_bytes = getattr(traceback, "data", traceback) if traceback is not None else None
-    return exception_bytes, traceback_bytes
+        message: Any = error_message(exception)
+        exception_bytes = getattr(message["exception"], "data", message["exception"])
+        traceback = message.get("traceback")
+        traceback_bytes = getattr(traceback, "data", traceback) if traceback is not None else None
+    except Exception as problem:  # never lose the records over the error's own transport
+        substitute = RuntimeError(
+            f"the task raised {_transport._safe_repr(exception)}, which could not be sent to the "
+            f"driver ({type(problem).__name__}: {_transport._safe_repr(problem)})"
+        )
+        return pickle.dumps(substitute), None
+    return bytes(exception_bytes), None if traceback_bytes is None else bytes(traceback_bytes)
 
 
 def _depth(name: str) -> tuple[int, str]:
