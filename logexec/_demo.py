@@ -84,16 +84,11 @@ class CountingFilter(logging.Filter):
         return True
 
 
-def log_records(worker: int, count: int, padding: str = "") -> int:
+def log_records(worker: int, count: int) -> int:
     """The demo task: log ``count`` records numbered by a per-worker counter."""
     logger = logging.getLogger(DEMO_LOGGER)
     for counter in range(count):
-        logger.info(
-            "record %d of worker %d",
-            counter,
-            worker,
-            extra={"worker": worker, "counter": counter, "padding": padding},
-        )
+        logger.info("record %d of worker %d", counter, worker, extra={"worker": worker, "counter": counter})
     return count
 
 
@@ -274,7 +269,6 @@ def run_workload(
     workers: int,
     start_method: str,
     path: str,
-    padding: str = "",
     progress_stream: TextIO | None = None,
 ) -> RunResult:
     """Run the workload through ``LoggingProcessPoolExecutor`` into ``path``, then verify it."""
@@ -293,7 +287,7 @@ def run_workload(
     progress = Progress(counter, records, progress_stream) if progress_stream else None
     start = time.perf_counter()
     try:
-        problem = _run_tasks(shares, start_method, padding, run_timeout(records), progress)
+        problem = _run_tasks(shares, start_method, run_timeout(records), progress)
         seconds = time.perf_counter() - start
     finally:
         logger.removeHandler(file_handler)
@@ -307,17 +301,13 @@ def run_workload(
     return RunResult(records, workers, start_method, seconds, verdict, path, problem)
 
 
-def _run_tasks(
-    shares: list[int], start_method: str, padding: str, timeout: float, progress: Progress | None
-) -> str:
+def _run_tasks(shares: list[int], start_method: str, timeout: float, progress: Progress | None) -> str:
     """Run one task per worker and wait, bounded; return a problem description or ""."""
     context = multiprocessing.get_context(start_method)
     executor = LoggingProcessPoolExecutor(len(shares), mp_context=context)
     futures: list[Future[int]] = []
     try:
-        futures = [
-            executor.submit(log_records, worker, count, padding) for worker, count in enumerate(shares)
-        ]
+        futures = [executor.submit(log_records, worker, count) for worker, count in enumerate(shares)]
         # Only now, with every worker started (under fork all are forked at the first
         # submit): a thread running while the process forks can deadlock the child.
         if progress is not None:

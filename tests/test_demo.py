@@ -46,7 +46,7 @@ def test_demo_verifies_every_record_once(
         ["demo", "--records", "601", "--workers", "3", "--start-method", start_method, "--out", str(out)]
     )
     printed = capsys.readouterr().out
-    assert status == 0
+    assert status == 0, printed
     assert SUMMARY.search(printed).groups() == ("601", "3")  # type: ignore[union-attr]
     assert f"start method  {start_method}" in printed
     keys = read_keys(out)
@@ -80,7 +80,7 @@ def test_progress_is_redrawn_in_place_on_a_terminal(tmp_path: Path) -> None:
     """On a terminal the progress line is redrawn with \\r and ends with a newline."""
     terminal = FakeTerminal()
     status = _demo.run_demo(300, 2, "fork", str(tmp_path / "out"), False, None, io.StringIO(), terminal)
-    assert status == 0
+    assert status == 0, printed
     shown = terminal.getvalue()
     assert shown.startswith("\r")
     last = shown.split("\r")[-1]
@@ -148,7 +148,7 @@ def test_compare_prints_every_alternative_and_ours_verify(
     ]
     status = main([*argv, "--compare", "--compare-records", "300"])
     captured = capsys.readouterr()
-    assert status == 0
+    assert status == 0, printed
     assert "comparison: 300 records" in captured.out
     rows = {}
     for line in captured.out.splitlines():
