@@ -261,9 +261,10 @@ def _serialize_error(exception: BaseException) -> tuple[bytes, bytes | None]:
         traceback = message.get("traceback")
         traceback_bytes = getattr(traceback, "data", traceback) if traceback is not None else None
     except Exception as problem:  # never lose the records over the error's own transport
+        # Only type names here: the exception's own __repr__ may be what failed.
         substitute = RuntimeError(
-            f"the task raised {_transport._safe_repr(exception)}, which could not be sent to the "
-            f"driver ({type(problem).__name__}: {_transport._safe_repr(problem)})"
+            f"the task raised {type(exception).__qualname__}, which could not be sent to the "
+            f"driver ({type(problem).__qualname__} while serializing it)"
         )
         return pickle.dumps(substitute), None
     return bytes(exception_bytes), None if traceback_bytes is None else bytes(traceback_bytes)

@@ -124,3 +124,20 @@ def sleep_then_log(seconds: float, tag: str) -> str:
     time.sleep(seconds)
     LOGGER.warning("%s slept", tag)
     return tag
+
+
+class Unreportable(Exception):
+    """An exception that neither pickles nor has a usable repr."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Unreportable cannot be pickled")
+
+    def __repr__(self) -> str:
+        raise ValueError("Unreportable has no repr")
+
+    __str__ = __repr__
+
+
+def log_then_raise_unreportable(tag: str) -> None:
+    LOGGER.warning("%s before", tag)
+    raise Unreportable()

@@ -237,6 +237,18 @@ def test_records_survive_an_exception(
 
 
 @pytest.mark.integration
+def test_records_survive_an_exception_that_cannot_travel(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """An exception that neither pickles nor reprs arrives as a RuntimeError naming it, after the records."""
+    handler = collect("tests.dask")
+    future = make_executor().submit(dask_tasks.log_then_raise_unreportable, "unreportable")
+    with pytest.raises(Exception, match="Unreportable"):
+        future.result(timeout=RESULT_TIMEOUT)
+    assert messages(handler) == ["unreportable before"]
+
+
+@pytest.mark.integration
 def test_records_survive_an_unsendable_result(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
 ) -> None:
