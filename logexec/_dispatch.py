@@ -72,21 +72,17 @@ class Dispatcher:
     def _deliver(self, record: logging.LogRecord) -> None:
         handlers = self._handlers
         if handlers is not None:
-            for handler in handlers:
-                if record.levelno >= handler.level:
-                    try:
-                        handler.handle(record)
-                    except Exception:
-                        handler.handleError(record)
+            _call_handlers(handlers, record)
             return
         logger = self._loggers.get(record.name)
         if logger is None:
             logger = self._logger_for(record.name)
+        if type(logger).handle is _STANDARD_HANDLE and type(logger).callHandlers is _STANDARD_CALL_HANDLERS:
+            _handle(logger, record)
+            return
         try:
-            logger.handle(record)
+            logger.handle(record)  # a custom Logger class: its own rules apply
         except Exception:
-            # Stdlib handlers catch their own errors; this is for one that does not. Report
-            # it the way logging does, and keep the listener alive for the next record.
             self._error_reporter.handleError(record)
 
     def _logger_for(self, name: str) -> logging.Logger:
@@ -94,3 +90,42 @@ class Dispatcher:
         logger = logging.getLogger() if name == logging.root.name else logging.getLogger(name)
         self._loggers[name] = logger
         return logger
+
+
+_STANDARD_HANDLE = logging.Logger.handle
+_STANDARD_CALL_HANDLERS = logging.Logger.callHandlers
+
+
+def _handle(logger: logging.Logger, record: logging.LogRecord) -> None:
+    """``Logger.handle`` as documented, except that one failing handler cannot stop the rest.
+
+    Do not change this back to ``logger.handle(record)``: there, a handler whose ``emit``
+    raises (instead of calling ``handleError``) aborts the walk, and every handler after it,
+    on this logger and its parents, silently misses the record.
+    """
+    if logger.disabled:
+        return
+    verdict: object = logger.filter(record)
+    if not verdict:
+        return
+    if isinstance(verdict, logging.LogRecord):  # 3.12+: a filter may return a new record
+        record = verdict
+    found = 0
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.handlers:
+            found += len(current.handlers)
+            _call_handlers(current.handlers, record)
+        current = current.parent if current.propagate else None
+    if not found and logging.lastResort is not None and record.levelno >= logging.lastResort.level:
+        _call_handlers((logging.lastResort,), record)
+
+
+def _call_handlers(handlers: Iterable[logging.Handler], record: logging.LogRecord) -> None:
+    for handler in handlers:
+        if record.levelno >= handler.level:
+            try:
+                handler.handle(record)
+            except Exception:
+                # Reported the way logging reports its own handlers' errors.
+                handler.handleError(record)

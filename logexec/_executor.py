@@ -49,7 +49,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, TypeVar
 
-from . import _context, _worker
+from . import _compat, _context, _worker
 from ._dispatch import Dispatcher, check_handlers
 from ._listener import Listener
 
@@ -108,7 +108,9 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         self._logexec_forks = mp_context.get_start_method() == "fork"
         self._logexec_dispatcher = Dispatcher(checked_handlers)
         self._logexec_config = _worker.WorkerConfig(os.urandom(KEY_SIZE))
-        self._logexec_listener = Listener(self._logexec_dispatcher, self._logexec_config.key)
+        self._logexec_listener = Listener(
+            self._logexec_dispatcher, self._logexec_config.key, _WakeManager(weakref.ref(self))
+        )
         self._logexec_lock = threading.Lock()
         self._logexec_shutdown = False
         self._logexec_shutdown_thread: threading.Thread | None = None
@@ -202,6 +204,21 @@ class _ForgetContext:
         if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
             return
         self._dispatcher.forget(self._task_id)
+
+
+class _WakeManager:
+    """Tells the stdlib's manager thread that a worker's connection ended (see _compat)."""
+
+    __slots__ = ("_executor",)
+
+    def __init__(self, executor: weakref.ref[LoggingProcessPoolExecutor]) -> None:
+        # A weak reference: the listener must not keep the executor alive.
+        self._executor = executor
+
+    def __call__(self) -> None:
+        executor = self._executor()
+        if executor is not None:
+            _compat.wake_executor_manager(executor)
 
 
 def _stop_in_background(listener: Listener) -> None:

@@ -30,6 +30,7 @@ import socket
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable
 
 from . import _transport
 from ._dispatch import Dispatcher
@@ -62,9 +63,12 @@ _WAKE = "wake"
 class Listener:
     """Receives every worker's records and hands them to a ``Dispatcher``."""
 
-    def __init__(self, dispatcher: Dispatcher, key: bytes) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, key: bytes, on_worker_exit: Callable[[], None] | None = None
+    ) -> None:
         self._dispatcher = dispatcher
         self._key = key
+        self._on_worker_exit = on_worker_exit
         self._lock = threading.Lock()
         self._directory: str | None = None
         self._server: socket.socket | None = None
@@ -274,6 +278,11 @@ class Listener:
             pass  # the worker died while waiting; nobody is left to answer
 
     def _hang_up(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        if connection.pid and self._on_worker_exit is not None:
+            try:
+                self._on_worker_exit()
+            except Exception:
+                _LOGGER.exception("logexec: the worker-exit callback failed")
         if connection.buffer and connection.pid:
             # The worker died in the middle of writing a frame. That record's log call had
             # not returned, so it was never promised; still, say so rather than drop it.

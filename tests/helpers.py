@@ -44,7 +44,9 @@ def log_n(n: int, worker: int = 0, name: str = "tests.worker", level: int = logg
     """Log n numbered records and return n."""
     logger = logging.getLogger(name)
     for counter in range(n):
-        logger.log(level, "worker %d record %d", worker, counter, extra={"worker": worker, "counter": counter})
+        logger.log(
+            level, "worker %d record %d", worker, counter, extra={"worker": worker, "counter": counter}
+        )
     return n
 
 
@@ -78,7 +80,8 @@ def worker_logging_state() -> dict[str, Any]:
     ]
     return {
         "root_handlers": [type(handler).__name__ for handler in root.handlers],
-        "one_queue_handler": len(root.handlers) == 1 and isinstance(root.handlers[0], logging.handlers.QueueHandler),
+        "one_queue_handler": len(root.handlers) == 1
+        and isinstance(root.handlers[0], logging.handlers.QueueHandler),
         "named_with_handlers": sorted(logger.name for logger in named if logger.handlers),
         "named_not_propagating": sorted(logger.name for logger in named if not logger.propagate),
         "named_with_filters": sorted(logger.name for logger in named if logger.filters),
@@ -134,10 +137,9 @@ def log_then_wait(n: int, worker: int, started: Any) -> int:
     return n
 
 
-def flood_until_killed(worker: int, ready: Any) -> None:
+def flood_until_killed(worker: int) -> None:
     """Log numbered records forever; the test kills this worker from outside."""
     logger = logging.getLogger("tests.flood")
-    ready.put(os.getpid())
     counter = 0
     while True:
         logger.info("flood", extra={"worker": worker, "counter": counter})
@@ -233,4 +235,12 @@ def fork_child_logs(n: int) -> int:
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
+    return n
+
+
+def log_task_records(task: int, n: int) -> int:
+    """Log n records numbered within task `task`; used by the soak test."""
+    logger = logging.getLogger("tests.soak")
+    for counter in range(n):
+        logger.info("soak", extra={"task": task, "counter": counter})
     return n

@@ -1,0 +1,60 @@
+"""The private stdlib state logexec relies on, pinned on every Python we support."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+from logexec import _compat
+
+
+def test_existing_loggers_lists_root_first_and_skips_placeholders() -> None:
+    """existing_loggers() returns root first and only real Logger objects."""
+    logging.getLogger("compat.parent.child")  # creates a PlaceHolder for compat.parent
+    loggers = _compat.existing_loggers()
+    assert loggers[0] is logging.root
+    names = [logger.name for logger in loggers]
+    assert "compat.parent.child" in names
+    assert "compat.parent" not in names
+    assert all(isinstance(logger, logging.Logger) for logger in loggers)
+
+
+def test_disabled_level_reads_logging_disable() -> None:
+    """disabled_level() returns what logging.disable() set."""
+    logging.disable(logging.WARNING)
+    assert _compat.disabled_level() == logging.WARNING
+    logging.disable(logging.NOTSET)
+    assert _compat.disabled_level() == logging.NOTSET
+
+
+def test_explicit_levels_lists_only_set_levels() -> None:
+    """explicit_levels() has root's level and only loggers whose level was set."""
+    logging.getLogger("compat.set").setLevel(logging.ERROR)
+    logging.getLogger("compat.unset")
+    levels = _compat.explicit_levels()
+    assert levels[""] == logging.root.level
+    assert levels["compat.set"] == logging.ERROR
+    assert "compat.unset" not in levels
+
+
+@pytest.mark.timeout(30)
+def test_wake_executor_manager_reaches_the_stdlib_manager_thread() -> None:
+    """The attributes used to wake a ProcessPoolExecutor's manager exist and work."""
+    executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    # Nothing to wake before the first submit: must be a quiet no-op.
+    _compat.wake_executor_manager(executor)
+    assert executor.submit(abs, -3).result(timeout=20) == 3
+    assert hasattr(executor, "_shutdown_lock")
+    wakeup = getattr(executor, "_executor_manager_thread_wakeup", None)
+    assert wakeup is not None and callable(wakeup.wakeup)
+    for _ in range(3):
+        _compat.wake_executor_manager(executor)
+    assert executor.submit(abs, -4).result(timeout=20) == 4
+    executor.shutdown(wait=True)
+    # After shutdown the wake-up channel is gone: still a quiet no-op.
+    _compat.wake_executor_manager(executor)
+    assert not [thread for thread in threading.enumerate() if "ExecutorManager" in type(thread).__name__]
