@@ -1,0 +1,283 @@
+"""Where the time goes per record: logexec's hot path, stage by stage, in one process.
+
+Not end to end: each stage is timed alone on real frames made by logexec's own transport
+(``logexec._transport``, a private module: this script follows it, and may need updating
+when it changes). No other process runs, so these are the costs without contention; the
+end-to-end numbers are in the other scripts. Stages, in order:
+
+    worker   log call to NullHandler | record_values (prepare) | pickle.dumps | frame
+             | sendall (one frame to a socketpair) | full log call through logexec's handler
+    parent   wake-up (select + recv of one frame, the worst case: one record per wake-up)
+             | recv (64 KiB reads, per record) | parse (header, slice) | unpickle
+             | rebuild (build_record) | dispatch (Dispatcher -> logger tree -> a no-op handler)
+             | format (plain / json) | write (FileHandler.handle minus format)
+
+    python3 benchmarks/bench_stages.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import logging
+import os
+import pickle
+import selectors
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import _common
+
+from logexec import _dispatch, _transport, _worker
+
+
+def per_item(function: Callable[[], int], repeats: int) -> float:
+    """Median over ``repeats`` of (seconds of one call of ``function``) / items it did, in µs."""
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        items = function()
+        samples.append((time.perf_counter() - start) / items * 1e6)
+    return statistics.median(samples)
+
+
+def make_records(count: int) -> list[logging.LogRecord]:
+    logger = logging.getLogger(_common.LOGGER_NAME)
+    return [
+        logger.makeRecord(
+            logger.name, logging.INFO, __file__, 10, _common.MESSAGE, (1, index, _common.PAD), None
+        )
+        for index in range(count)
+    ]
+
+
+class _Null(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
+    rows: list[tuple[str, str, float]] = []
+    records = make_records(count)
+    root = _common.reset_root_logger()
+    null = _Null()
+    root.addHandler(null)
+    logger = logging.getLogger(_common.LOGGER_NAME)
+
+    # Worker side -------------------------------------------------------------------------
+    def log_null() -> int:
+        _common.log_records(logger, 0, count)
+        return count
+
+    rows.append(
+        ("worker", "log call to a no-op handler (record creation + logger)", per_item(log_null, repeats))
+    )
+    values = [_transport.record_values(record, 7) for record in records]
+    rows.append(
+        (
+            "worker",
+            "record_values (merge message, collect fields)",
+            per_item(lambda: [_transport.record_values(r, 7) for r in records] and count, repeats),
+        )
+    )
+    payloads = [_transport.encode_values(v) for v in values]
+    rows.append(
+        (
+            "worker",
+            "pickle.dumps of the values",
+            per_item(
+                lambda: [pickle.dumps(v, _transport.PICKLE_PROTOCOL) for v in values] and count, repeats
+            ),
+        )
+    )
+    header = _transport.HEADER
+    rows.append(
+        (
+            "worker",
+            "frame (header pack + concatenation)",
+            per_item(lambda: [header.pack(len(p), 0) + p for p in payloads] and count, repeats),
+        )
+    )
+    frames = [_transport.encode_record(record, 7) for record in records]
+    writer, reader = socket.socketpair()
+    # The reader is another process, as the parent is for a real worker: a reader thread
+    # here would compete for the GIL and inflate every send.
+    drainer = os.fork()
+    if drainer == 0:
+        writer.close()
+        while reader.recv(1 << 18):
+            pass
+        os._exit(0)
+    reader.close()
+
+    def send_all() -> int:
+        sendall = writer.sendall
+        for frame in frames:
+            sendall(frame)
+        return count
+
+    rows.append(("worker", "sendall of one frame (another process reads)", per_item(send_all, repeats)))
+
+    # The whole call through logexec's handler, with the channel on the same socketpair.
+    channel = _worker.Channel(_worker.WorkerConfig(b"k" * 32))
+    channel._socket = writer  # type: ignore[attr-defined]  # no listener here: a socketpair
+    channel._owner_pid = os.getpid()  # type: ignore[attr-defined]
+    channel.task_id = 7
+    root.removeHandler(null)
+    root.addHandler(_worker.WorkerHandler(channel))
+    rows.append(("worker", "log call through logexec's handler (total)", per_item(log_null, repeats)))
+    _common.reset_root_logger()
+    writer.close()
+    os.waitpid(drainer, 0)
+
+    # Parent side -------------------------------------------------------------------------
+    writer, reader = socket.socketpair()
+    selector = selectors.DefaultSelector()
+    selector.register(reader, selectors.EVENT_READ)
+    frame = frames[0]
+
+    def wake_ups() -> int:
+        for _ in range(count):
+            writer.send(frame)
+            selector.select()
+            reader.recv(1 << 18)
+        return count
+
+    send_only = per_item(lambda: [writer.send(frame) for _ in range(20)] and 20, 1)
+    reader.recv(1 << 20)
+    rows.append(
+        (
+            "parent",
+            "wake-up: select + recv for one frame (minus the send)",
+            per_item(wake_ups, repeats) - send_only,
+        )
+    )
+    blob = b"".join(frames)
+    # 64 KiB at a time: a socketpair's buffer cannot hold a whole 256 KiB read.
+    per_read = max(1, (1 << 16) // len(frame))
+
+    def batched_recv() -> int:
+        done = 0
+        while done < count:
+            writer.sendall(blob[: per_read * len(frame)])
+            data = reader.recv(1 << 18)
+            done += len(data) // len(frame)
+        return done
+
+    rows.append(
+        ("parent", "recv of 64 KiB batches, per record (send included)", per_item(batched_recv, repeats))
+    )
+    selector.close()
+    writer.close()
+    reader.close()
+
+    view = memoryview(blob)
+    unpack = header.unpack_from
+    header_size = _transport.HEADER_SIZE
+
+    def parse() -> int:
+        position, end, done = 0, len(blob), 0
+        while end - position >= header_size:
+            size, _kind = unpack(view, position)
+            start = position + header_size
+            stop = start + size
+            view[start:stop]
+            position = stop
+            done += 1
+        return done
+
+    rows.append(("parent", "parse: header unpack + payload slice", per_item(parse, repeats)))
+    slices = [memoryview(f)[header_size:] for f in frames]
+    rows.append(
+        (
+            "parent",
+            "unpickle (pickle.loads)",
+            per_item(lambda: [pickle.loads(s) for s in slices] and count, repeats),
+        )
+    )
+    decoded = [_transport.decode_values(s) for s in slices]
+    rows.append(
+        (
+            "parent",
+            "rebuild the LogRecord (build_record)",
+            per_item(lambda: [_transport.build_record(v) for v in decoded] and count, repeats),
+        )
+    )
+    rebuilt = [_transport.build_record(v)[1] for v in decoded]
+
+    root = _common.reset_root_logger()
+    root.addHandler(null)
+    dispatcher = _dispatch.Dispatcher(None)
+    dispatcher.register(7, contextvars.copy_context())
+
+    def dispatch() -> int:
+        for record in rebuilt:
+            dispatcher.dispatch(7, record)
+        return count
+
+    rows.append(
+        ("parent", "dispatch: context.run + logger tree + a no-op handler", per_item(dispatch, repeats))
+    )
+    for kind in ("plain", "json"):
+        formatter = _common.make_formatter(kind)
+        rows.append(
+            (
+                "parent",
+                f"format ({kind} formatter)",
+                per_item(lambda f=formatter: [f.format(r) for r in rebuilt] and count, repeats),  # type: ignore[misc]
+            )
+        )
+        directory = tempfile.mkdtemp(prefix="logexec-bench-")
+        handler = logging.FileHandler(os.path.join(directory, "out.log"), encoding="utf-8")
+        handler.setFormatter(formatter)
+
+        def handle(h: logging.Handler = handler) -> int:
+            for record in rebuilt:
+                h.handle(record)
+            return count
+
+        total = per_item(handle, repeats)
+        rows.append(("parent", f"FileHandler.handle ({kind}: lock, format, write, flush)", total))
+        handler.close()
+        for name in os.listdir(directory):
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+    _common.reset_root_logger()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2,000 records, 3 repeats")
+    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    args = parser.parse_args()
+    if args.quick:
+        args.records, args.repeats = 2_000, 3
+    print(_common.environment_line())
+    rows = measure(args.records, args.repeats)
+    frame_size = len(_transport.encode_record(make_records(1)[0], 7))
+    text = "\n".join(
+        [
+            "## Per-record stages, in one process (bench_stages.py)",
+            "",
+            _common.environment_line() + f"; logexec at {_common.logexec_revision()}; "
+            f"{args.records:,} records, median of {args.repeats}; one frame is {frame_size} bytes.",
+            "",
+            _common.markdown_table(["side", "stage", "µs/record"], [[s, n, f"{v:.2f}"] for s, n, v in rows]),
+        ]
+    )
+    print(text)
+    if not args.no_save:
+        _common.write_section("bench_stages", text, sys.argv)
+
+
+if __name__ == "__main__":
+    main()
