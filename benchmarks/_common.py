@@ -7,6 +7,7 @@ output file can be checked line by line: missing, duplicated and corrupt records
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -176,7 +177,15 @@ def run_trial(script: str, spec: dict[str, Any], timeout: float = 300.0) -> dict
     The child prints one JSON line, its result, as the last line of its stdout.
     """
     command = [sys.executable, script, "--trial", json.dumps(spec)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    environment = dict(os.environ)
+    if spec.get("pythonpath"):
+        # An A/B run: this trial imports logexec from another checkout (see --alt-logexec).
+        environment["PYTHONPATH"] = os.pathsep.join(
+            part for part in (spec["pythonpath"], environment.get("PYTHONPATH", "")) if part
+        )
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, check=False, env=environment
+    )
     if completed.returncode != 0 or not completed.stdout.strip():
         raise RuntimeError(
             f"trial {spec} failed with exit code {completed.returncode}:\n{completed.stderr[-4000:]}"
@@ -218,6 +227,23 @@ def environment_line() -> str:
     )
 
 
+def add_alt_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--alt-logexec",
+        metavar="PATH",
+        help="A/B mode: add an 'alt' configuration, logexec imported from PATH (a directory holding "
+        "a logexec/ package, such as a prototype checkout); results go to results/<script>_alt.*",
+    )
+
+
+def revision_note(args: argparse.Namespace) -> str:
+    """The logexec revision, plus the prototype's path in an A/B run."""
+    note = logexec_revision()
+    if getattr(args, "alt_logexec", None):
+        note += f"; `alt` = logexec imported from {args.alt_logexec}"
+    return note
+
+
 def logexec_revision() -> str:
     """The last commit that touched logexec/, so results can be matched to the code."""
     root = Path(__file__).resolve().parent.parent
@@ -251,7 +277,13 @@ def write_section(name: str, text: str, argv: Sequence[str]) -> None:
     command = "python3 " + " ".join(shlex.quote(argument) for argument in argv)
     commands = RESULTS_DIRECTORY / "commands.txt"
     existing = commands.read_text(encoding="utf-8").splitlines() if commands.exists() else []
-    kept = [line for line in existing if not line.startswith(f"python3 benchmarks/{name}.py")]
+    script = name.removesuffix("_alt")
+    alt = "--alt-logexec" in argv
+    kept = [
+        line
+        for line in existing
+        if not (line.startswith(f"python3 benchmarks/{script}.py") and ("--alt-logexec" in line) == alt)
+    ]
     commands.write_text("\n".join([*kept, command]) + "\n", encoding="utf-8")
     assemble_results()
 
@@ -272,5 +304,10 @@ def assemble_results() -> None:
     for name in SECTIONS:
         section = RESULTS_DIRECTORY / f"{name}.md"
         if section.exists():
+            parts += ["", section.read_text(encoding="utf-8").rstrip()]
+    alternatives = sorted(RESULTS_DIRECTORY.glob("*_alt.md"))
+    if alternatives:
+        parts += ["", "# A/B runs against a prototype (`--alt-logexec`): `alt` is the prototype"]
+        for section in alternatives:
             parts += ["", section.read_text(encoding="utf-8").rstrip()]
     (RESULTS_DIRECTORY / "results.md").write_text("\n".join(parts) + "\n", encoding="utf-8")

@@ -113,7 +113,7 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
         executor = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
         )
-    elif config == "logexec":
+    elif config in ("logexec", "alt"):
         from logexec import LoggingProcessPoolExecutor
 
         executor = LoggingProcessPoolExecutor(workers, mp_context=context)
@@ -159,6 +159,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    _common.add_alt_argument(parser)
     parser.add_argument("--trial", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trial:
@@ -170,12 +171,17 @@ def main() -> None:
     print(_common.environment_line())
     print(f"logexec at {_common.logexec_revision()}; start method {args.start_method}")
     base = {"workers": args.workers, "per_worker": args.per_worker, "start_method": args.start_method}
-    for config in CONFIGS:  # warm-up, discarded
-        _common.run_trial(__file__, {**base, "config": config, "per_worker": 1_000})
+    configs = (*CONFIGS, "alt") if args.alt_logexec else CONFIGS
+
+    def spec_for(config: str) -> dict[str, Any]:
+        return {**base, "config": config, **({"pythonpath": args.alt_logexec} if config == "alt" else {})}
+
+    for config in configs:  # warm-up, discarded
+        _common.run_trial(__file__, {**spec_for(config), "per_worker": 1_000})
     shuffler = random.Random(args.seed)
     results: list[dict[str, Any]] = []
     for round_number in range(args.repeats):
-        specs = [{**base, "config": config} for config in CONFIGS]
+        specs = [spec_for(config) for config in configs]
         shuffler.shuffle(specs)
         for spec in specs:
             result = _common.run_trial(__file__, spec)
@@ -192,8 +198,9 @@ def main() -> None:
     print()
     print(text)
     if not args.no_save:
-        _common.write_section("bench_memory", text, sys.argv)
-        _common.save_json("bench_memory", results)
+        name = "bench_memory_alt" if args.alt_logexec else "bench_memory"
+        _common.write_section(name, text, sys.argv)
+        _common.save_json(name, results)
 
 
 FIELDS = (
@@ -217,7 +224,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         for field, _, _ in FIELDS:
             columns[result["config"]][field].append(result[field])
     rows = []
-    for config in CONFIGS:
+    for config in (*CONFIGS, "alt"):
         runs = [r for r in results if r["config"] == config]
         if not runs:
             continue
@@ -227,7 +234,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         [
             "## Memory and drain under a flood (bench_memory.py)",
             "",
-            _common.environment_line() + f"; logexec at {_common.logexec_revision()}; "
+            _common.environment_line() + f"; logexec at {_common.revision_note(args)}; "
             f"W={args.workers}, {args.per_worker:,} records per worker, start method {args.start_method}; "
             f"slow handler: 1 ms sleep every {SLOW_EVERY} records; {args.repeats} interleaved rounds; "
             "medians (min-max). Worker figures are the largest of the workers in each run.",

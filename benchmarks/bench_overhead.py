@@ -161,7 +161,7 @@ def listener_trial(spec: dict[str, Any]) -> dict[str, Any]:
             handler.done.wait(timeout=300)
             thread_cpu = _common.thread_cpu_seconds(native_id)
         listener.stop()
-    elif config == "logexec":
+    elif config in ("logexec", "alt"):
         from logexec import LoggingProcessPoolExecutor
 
         with LoggingProcessPoolExecutor(workers, mp_context=context) as executor:
@@ -203,7 +203,7 @@ def call_trial(spec: dict[str, Any]) -> dict[str, Any]:
         executor = concurrent.futures.ProcessPoolExecutor(
             1, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
         )
-    elif config == "logexec":
+    elif config in ("logexec", "alt"):
         from logexec import LoggingProcessPoolExecutor
 
         executor = LoggingProcessPoolExecutor(1, mp_context=context)
@@ -230,6 +230,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    _common.add_alt_argument(parser)
     parser.add_argument("--trial", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trial:
@@ -283,8 +284,9 @@ def main() -> None:
     print()
     print(text)
     if not args.no_save:
-        _common.write_section("bench_overhead", text, sys.argv)
-        _common.save_json("bench_overhead", results)
+        name = "bench_overhead_alt" if args.alt_logexec else "bench_overhead"
+        _common.write_section(name, text, sys.argv)
+        _common.save_json(name, results)
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
@@ -292,7 +294,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     floor = {r["round"]: r["process_us"] for r in listener if r["config"] == "floor"}
     rows = []
     for handler in HANDLERS:
-        for config in LISTENER_CONFIGS:
+        for config in (*LISTENER_CONFIGS, "alt"):
             if config == "floor":
                 continue
             runs = [r for r in listener if r["config"] == config and r["handler"] == handler]
@@ -326,14 +328,14 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
             f"{_common.median(ratio[config]['cpu_us']):.2f}",
             f"{_common.median(ratio[config]['cpu_us_x']):.2f}",
         ]
-        for config in CALL_CONFIGS
+        for config in (*CALL_CONFIGS, "alt")
         if config in ratio
     ]
     return "\n".join(
         [
             "## Per-record costs (bench_overhead.py)",
             "",
-            _common.environment_line() + f"; logexec at {_common.logexec_revision()}; "
+            _common.environment_line() + f"; logexec at {_common.revision_note(args)}; "
             f"start method {args.start_method}; {args.repeats} interleaved rounds; medians.",
             "",
             f"### Parent CPU per record (W={args.workers}, N={args.records:,})",

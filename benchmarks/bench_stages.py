@@ -268,7 +268,7 @@ def main() -> None:
         [
             "## Per-record stages, in one process (bench_stages.py)",
             "",
-            _common.environment_line() + f"; logexec at {_common.logexec_revision()}; "
+            _common.environment_line() + f"; logexec at {_common.revision_note(args)}; "
             f"{args.records:,} records, median of {args.repeats}; one frame is {frame_size} bytes.",
             "",
             _common.markdown_table(["side", "stage", "µs/record"], [[s, n, f"{v:.2f}"] for s, n, v in rows]),

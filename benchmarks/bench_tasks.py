@@ -112,7 +112,7 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
         executor = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
         )
-    elif config == "logexec":
+    elif config in ("logexec", "alt"):
         from logexec import LoggingProcessPoolExecutor
 
         executor = LoggingProcessPoolExecutor(workers, mp_context=context)
@@ -158,6 +158,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    _common.add_alt_argument(parser)
     parser.add_argument("--trial", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trial:
@@ -170,6 +171,8 @@ def main() -> None:
     print(_common.environment_line())
     print(f"logexec at {_common.logexec_revision()}; start method {args.start_method}")
 
+    configs = (*CONFIGS, "alt") if args.alt_logexec else CONFIGS
+
     def plan() -> list[dict[str, Any]]:
         return [
             {
@@ -178,9 +181,10 @@ def main() -> None:
                 "tasks": tasks // scale,
                 "workers": args.workers,
                 "start_method": args.start_method,
+                **({"pythonpath": args.alt_logexec} if config == "alt" else {}),
             }
             for per_task, tasks in KINDS.items()
-            for config in CONFIGS
+            for config in configs
         ]
 
     for spec in plan():  # warm-up round, a tenth of the size, discarded
@@ -205,8 +209,9 @@ def main() -> None:
     print()
     print(text)
     if not args.no_save:
-        _common.write_section("bench_tasks", text, sys.argv)
-        _common.save_json("bench_tasks", results)
+        name = "bench_tasks_alt" if args.alt_logexec else "bench_tasks"
+        _common.write_section(name, text, sys.argv)
+        _common.save_json(name, results)
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
@@ -215,13 +220,13 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     for (round_number, per_task, config), result in by_round.items():
         key = (per_task, config)
         ratios[key]["rate"].append(result["tasks_per_s"])
-        for baseline in ("plain", "recipe"):
+        for baseline in ("plain", "recipe", "logexec"):
             other = by_round.get((round_number, per_task, baseline))
             if other:
                 ratios[key][baseline].append(result["tasks_per_s"] / other["tasks_per_s"])
     rows = []
     for per_task in KINDS:
-        for config in CONFIGS:
+        for config in (*CONFIGS, "alt"):
             entry = ratios.get((per_task, config))
             if not entry:
                 continue
@@ -237,6 +242,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
                     _common.spread(entry["rate"]),
                     f"{_common.median(entry['plain']):.2f}",
                     f"{_common.median(entry['recipe']):.2f}",
+                    f"{_common.median(entry['logexec']):.2f}",
                     errors if checked else "-",
                 ]
             )
@@ -244,7 +250,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         [
             "## Tasks per second (bench_tasks.py)",
             "",
-            _common.environment_line() + f"; logexec at {_common.logexec_revision()}; "
+            _common.environment_line() + f"; logexec at {_common.revision_note(args)}; "
             f"W={args.workers}, start method {args.start_method}; {args.repeats} interleaved rounds; "
             "medians of per-round ratios. Timed until every result is back and every record handled.",
             "",
@@ -256,6 +262,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
                     "range",
                     "x plain",
                     "x recipe",
+                    "x logexec",
                     "missing+dup+corrupt",
                 ],
                 rows,

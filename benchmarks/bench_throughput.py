@@ -181,7 +181,7 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
             run_pool(executor, loguru_task, counts)
         loguru_logger.remove()  # drains the queue and closes the file
         elapsed = time.perf_counter() - start
-    elif config == "logexec":
+    elif config in ("logexec", "alt"):
         from logexec import LoggingProcessPoolExecutor
 
         root.addHandler(handler)
@@ -215,6 +215,9 @@ def plan_round(args: argparse.Namespace, configs: list[str]) -> list[dict[str, A
                 specs.extend(
                     {**base, "config": config, "workers": workers} for config in configs if config != "single"
                 )
+    for spec in specs:
+        if spec["config"] == "alt":
+            spec["pythonpath"] = args.alt_logexec
     return specs
 
 
@@ -233,6 +236,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    _common.add_alt_argument(parser)
     parser.add_argument("--trial", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trial:
@@ -243,6 +247,8 @@ def main() -> None:
     configs = [c for c in args.configs if not (c == "mplog" and args.start_method != "fork")]
     if "single" not in configs:
         configs.insert(0, "single")  # every ratio needs it
+    if args.alt_logexec:
+        configs += [c for c in ("logexec", "alt") if c not in configs]
 
     print(_common.environment_line())
     print(f"logexec at {_common.logexec_revision()}; start method {args.start_method}")
@@ -270,9 +276,11 @@ def main() -> None:
     print()
     print(text)
     if not args.no_save:
-        _common.write_section("bench_throughput", text, sys.argv)
-        _common.save_json("bench_throughput", results)
-        chart(args, configs, results)
+        name = "bench_throughput_alt" if args.alt_logexec else "bench_throughput"
+        _common.write_section(name, text, sys.argv)
+        _common.save_json(name, results)
+        if not args.alt_logexec:
+            chart(args, configs, results)
 
 
 def _ratios(results: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, list[float]]]:
@@ -287,7 +295,10 @@ def _ratios(results: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, li
             continue
         single = by_round.get((round_number, records, formatter, "single", 1))
         recipe = by_round.get((round_number, records, formatter, "recipe", workers))
+        logexec = by_round.get((round_number, records, formatter, "logexec", workers))
         key = (records, formatter, workers, config)
+        if logexec:
+            out[key]["x_logexec"].append(result["rate"] / logexec["rate"])
         out[key]["rate"].append(result["rate"])
         if single:
             out[key]["x_single"].append(result["rate"] / single["rate"])
@@ -309,12 +320,13 @@ def report(args: argparse.Namespace, configs: list[str], results: list[dict[str,
     sections = [
         "## Throughput (bench_throughput.py)",
         "",
-        _common.environment_line() + f"; logexec at {_common.logexec_revision()}; "
+        _common.environment_line() + f"; logexec at {_common.revision_note(args)}; "
         f"start method {args.start_method}; {args.repeats} interleaved rounds; medians of per-round ratios.",
         "",
         "`x single` = records/s ÷ the same round's single writer; `time x single` = wall time ÷ single "
-        "writer's; `x recipe` = ÷ the same round's stdlib recipe. Correctness columns are totals "
-        "over all rounds (`lines` is per run); `floor` writes nothing, so it is not checked.",
+        "writer's; `x recipe` / `x logexec` = ÷ the same round's stdlib recipe / logexec. Correctness "
+        "columns are totals over all rounds (`lines` is per run); `floor` writes nothing, so it is not "
+        "checked.",
     ]
     for records in args.records:
         for workers in args.workers:
@@ -341,6 +353,7 @@ def report(args: argparse.Namespace, configs: list[str], results: list[dict[str,
                             f"{_common.median(entry['x_single']):.2f}",
                             f"{_common.median(entry['time_x_single']):.2f}",
                             f"{_common.median(entry['x_recipe']):.2f}" if entry.get("x_recipe") else "-",
+                            f"{_common.median(entry['x_logexec']):.2f}" if entry.get("x_logexec") else "-",
                             f"{_common.median(r['lines'] for r in checked):,.0f}" if checked else "-",
                             sum(r["missing"] for r in checked) if checked else "-",
                             sum(r["duplicated"] for r in checked) if checked else "-",
@@ -359,6 +372,7 @@ def report(args: argparse.Namespace, configs: list[str], results: list[dict[str,
                             "x single",
                             "time x single",
                             "x recipe",
+                            "x logexec",
                             "lines",
                             "missing",
                             "duplicated",
