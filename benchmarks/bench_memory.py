@@ -66,7 +66,7 @@ def recipe_initializer(queue: Any) -> None:
 
 
 class DispatchByName(logging.Handler):
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         logging.getLogger(record.name).handle(record)
         return True
 

@@ -81,7 +81,7 @@ def recipe_initializer(queue: Any) -> None:
 
 
 class DispatchByName(logging.Handler):
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         logging.getLogger(record.name).handle(record)
         return True
 
@@ -93,7 +93,7 @@ class CountingNullHandler(logging.Handler):
         self.count = 0
         self.done = threading.Event()
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         self.count += 1
         if self.count >= self.expected:
             self.done.set()
@@ -152,7 +152,9 @@ def listener_trial(spec: dict[str, Any]) -> dict[str, Any]:
         queue = context.Queue(-1)
         listener = logging.handlers.QueueListener(queue, DispatchByName(), respect_handler_level=True)
         listener.start()
-        native_id = listener._thread.native_id  # type: ignore[attr-defined]  # the stdlib's own thread
+        listener_thread = listener._thread  # the stdlib's own thread; no public accessor
+        assert listener_thread is not None and listener_thread.native_id is not None
+        native_id = listener_thread.native_id
         with concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
         ) as executor:

@@ -28,7 +28,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import _common
 
@@ -43,6 +44,17 @@ def per_item(function: Callable[[], int], repeats: int) -> float:
         items = function()
         samples.append((time.perf_counter() - start) / items * 1e6)
     return statistics.median(samples)
+
+
+def over(function: Callable[[Any], object], items: Sequence[Any]) -> Callable[[], int]:
+    """A loop applying ``function`` to every item; returns how many it did."""
+
+    def run() -> int:
+        for item in items:
+            function(item)
+        return len(items)
+
+    return run
 
 
 def make_records(count: int) -> list[logging.LogRecord]:
@@ -81,7 +93,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
         (
             "worker",
             "record_values (merge message, collect fields)",
-            per_item(lambda: [_transport.record_values(r, 7) for r in records] and count, repeats),
+            per_item(over(lambda r: _transport.record_values(r, 7), records), repeats),
         )
     )
     payloads = [_transport.encode_values(v) for v in values]
@@ -89,9 +101,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
         (
             "worker",
             "pickle.dumps of the values",
-            per_item(
-                lambda: [pickle.dumps(v, _transport.PICKLE_PROTOCOL) for v in values] and count, repeats
-            ),
+            per_item(over(lambda v: pickle.dumps(v, _transport.PICKLE_PROTOCOL), values), repeats),
         )
     )
     header = _transport.HEADER
@@ -99,7 +109,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
         (
             "worker",
             "frame (header pack + concatenation)",
-            per_item(lambda: [header.pack(len(p), 0) + p for p in payloads] and count, repeats),
+            per_item(over(lambda p: header.pack(len(p), 0) + p, payloads), repeats),
         )
     )
     frames = [_transport.encode_record(record, 7) for record in records]
@@ -124,8 +134,8 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
 
     # The whole call through logexec's handler, with the channel on the same socketpair.
     channel = _worker.Channel(_worker.WorkerConfig(b"k" * 32))
-    channel._socket = writer  # type: ignore[attr-defined]  # no listener here: a socketpair
-    channel._owner_pid = os.getpid()  # type: ignore[attr-defined]
+    channel._socket = writer  # no listener here: a socketpair stands in for the connection
+    channel._owner_pid = os.getpid()
     channel.task_id = 7
     root.removeHandler(null)
     root.addHandler(_worker.WorkerHandler(channel))
@@ -147,7 +157,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
             reader.recv(1 << 18)
         return count
 
-    send_only = per_item(lambda: [writer.send(frame) for _ in range(20)] and 20, 1)
+    send_only = per_item(over(lambda _: writer.send(frame), range(20)), 1)
     reader.recv(1 << 20)
     rows.append(
         (
@@ -156,6 +166,22 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
             per_item(wake_ups, repeats) - send_only,
         )
     )
+    # recv(n) allocates n bytes before it reads. Above glibc's mmap threshold (128 KiB until
+    # the process frees a larger block) that is an mmap, page faults and a munmap per call.
+    scratch = memoryview(bytearray(1 << 18))
+    for label, read in (
+        ("recv(256 KiB) of one frame (minus the send)", lambda: reader.recv(1 << 18)),
+        ("recv(64 KiB) of one frame (minus the send)", lambda: reader.recv(1 << 16)),
+        ("recv_into a reused 256 KiB buffer, one frame (minus the send)", lambda: reader.recv_into(scratch)),
+    ):
+
+        def small_reads(read: Callable[[], object] = read) -> int:
+            for _ in range(count):
+                writer.send(frame)
+                read()
+            return count
+
+        rows.append(("parent", label, per_item(small_reads, repeats) - send_only))
     blob = b"".join(frames)
     # 64 KiB at a time: a socketpair's buffer cannot hold a whole 256 KiB read.
     per_read = max(1, (1 << 16) // len(frame))
@@ -196,7 +222,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
         (
             "parent",
             "unpickle (pickle.loads)",
-            per_item(lambda: [pickle.loads(s) for s in slices] and count, repeats),
+            per_item(over(pickle.loads, slices), repeats),
         )
     )
     decoded = [_transport.decode_values(s) for s in slices]
@@ -204,7 +230,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
         (
             "parent",
             "rebuild the LogRecord (build_record)",
-            per_item(lambda: [_transport.build_record(v) for v in decoded] and count, repeats),
+            per_item(over(_transport.build_record, decoded), repeats),
         )
     )
     rebuilt = [_transport.build_record(v)[1] for v in decoded]
@@ -228,7 +254,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
             (
                 "parent",
                 f"format ({kind} formatter)",
-                per_item(lambda f=formatter: [f.format(r) for r in rebuilt] and count, repeats),  # type: ignore[misc]
+                per_item(over(formatter.format, rebuilt), repeats),
             )
         )
         directory = tempfile.mkdtemp(prefix="logexec-bench-")

@@ -62,7 +62,7 @@ def recipe_initializer(queue: Any) -> None:
 
 
 class DispatchByName(logging.Handler):
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         logging.getLogger(record.name).handle(record)
         return True
 
@@ -121,8 +121,8 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
 
     with executor:
         # Warm up: start every worker and run a few tasks through it.
-        for future in [executor.submit(noop) for _ in range(workers * 4)]:
-            future.result()
+        for warm_up in [executor.submit(noop) for _ in range(workers * 4)]:
+            warm_up.result()
         start = time.perf_counter()
         futures = [executor.submit(task, index, per_task) for index in range(tasks)]
         for future in futures:
