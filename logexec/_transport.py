@@ -63,13 +63,15 @@ _TASK_ID_INDEX = len(RECORD_FIELDS)
 _EXTRAS_INDEX = _TASK_ID_INDEX + 1
 
 # Attributes that are not the user's `extra`: a fresh record's own, plus what formatters
-# add to it ("message", "asctime") and what 3.12 added ("taskName").
-_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None))) | {
-    "message",
-    "asctime",
-    "taskName",
-}
-_PLAIN_RECORD_SIZE = len(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None)))
+# add to it ("message", "asctime").
+_PLAIN_RECORD = vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None))
+_STANDARD_ATTRIBUTES = frozenset(_PLAIN_RECORD) | {"message", "asctime"}
+_PLAIN_RECORD_SIZE = len(_PLAIN_RECORD)
+# taskName is a standard field from 3.12 on. Before that a local record has no such
+# attribute, so a rebuilt one must not have it either (formatters that render every
+# non-standard attribute would show it), unless the user passed it as an extra.
+_HAS_TASK_NAME = "taskName" in _PLAIN_RECORD
+del _PLAIN_RECORD
 
 # The standard formatter renders exc_info exactly as the parent's default formatter would.
 _FORMATTER = logging.Formatter()
@@ -147,7 +149,7 @@ def record_values(record: logging.LogRecord, task_id: int | None) -> tuple[Any, 
         record.threadName,
         record.processName,
         record.process,
-        state.get("taskName"),
+        state.get("taskName") if _HAS_TASK_NAME else None,
         task_id,
         extras,
     )
@@ -179,6 +181,8 @@ def decode_values(payload: Any) -> tuple[Any, ...]:
 def build_record(values: tuple[Any, ...]) -> tuple[int | None, logging.LogRecord]:
     """Rebuild a ``LogRecord`` from wire values; return it with its task id."""
     state = dict(zip(RECORD_FIELDS, values))
+    if not _HAS_TASK_NAME:
+        del state["taskName"]
     extras = values[_EXTRAS_INDEX]
     if extras:
         state.update(extras)

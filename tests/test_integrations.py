@@ -28,14 +28,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 TWO_METHODS = pytest.mark.parametrize("start_method", ["spawn", "fork"])
 
-# A record's taskName attribute exists only from 3.12 on.
-TASKNAME_XFAIL = pytest.mark.xfail(
-    sys.version_info < (3, 12),
-    strict=True,
-    reason="core bug: before 3.12 a rebuilt worker record carries taskName=None, an attribute "
-    "a local record does not have, so extra-collecting formatters render a taskName field",
-)
-
 
 def run_in_worker(start_method: str, fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
     """Run ``fn`` in a fresh LoggingProcessPoolExecutor worker; its records are handled on return."""
@@ -255,7 +247,6 @@ def json_objects(text: str) -> list[dict[str, Any]]:
     return objects
 
 
-@TASKNAME_XFAIL
 @TWO_METHODS
 @pytest.mark.parametrize("explicit_handlers", [False, True], ids=["by-name", "handlers="])
 def test_json_formatter_renders_worker_calls_like_parent_calls(
@@ -320,7 +311,6 @@ def structlog_state() -> Iterator[Any]:
     structlog.reset_defaults()
 
 
-@TASKNAME_XFAIL
 @TWO_METHODS
 def test_structlog_processor_formatter_renders_worker_calls_like_parent_calls(
     start_method: str, structlog_state: Any
@@ -338,7 +328,6 @@ def test_structlog_processor_formatter_renders_worker_calls_like_parent_calls(
     assert "exception='Traceback (most recent call last)" in in_worker
 
 
-@TASKNAME_XFAIL
 @TWO_METHODS
 def test_structlog_native_calls_in_worker_render_like_parent_calls(
     start_method: str, structlog_state: Any

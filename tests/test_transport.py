@@ -134,3 +134,14 @@ def test_payload_is_a_plain_pickled_tuple() -> None:
     values = pickle.loads(frame[_transport.HEADER_SIZE :])
     assert isinstance(values, tuple)
     assert not any(isinstance(value, logging.LogRecord) for value in values)
+
+
+def test_task_name_exists_only_where_logging_has_it() -> None:
+    """A rebuilt record has taskName exactly when a local record would (3.12+)."""
+    local = _record()
+    _, rebuilt = _round_trip(local)
+    assert ("taskName" in vars(rebuilt)) == ("taskName" in vars(local))
+    if sys.version_info < (3, 12):
+        # Before 3.12 taskName is not a standard field, so it travels as an ordinary extra.
+        _, rebuilt = _round_trip(_record(taskName="mine"))
+        assert rebuilt.taskName == "mine"  # type: ignore[attr-defined]
