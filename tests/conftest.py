@@ -99,3 +99,13 @@ def collect() -> Callable[..., ListHandler]:
         return handler
 
     return attach
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the Dask tests last.
+
+    A LocalCluster leaves threads behind in this process (distributed's event loop and
+    offload threads); forking after that copies their locks into fork workers, which then
+    die at random. Nothing after the Dask module forks.
+    """
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_dask.py"))
