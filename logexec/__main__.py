@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 from collections.abc import Sequence
 
@@ -110,5 +111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
 
+def run_command() -> None:
+    """``python -m logexec``: run, then exit even if the demo found a hang in logexec."""
+    status = main()
+    from . import _demo
+
+    if _demo.hung_threads_left:
+        # The interpreter's exit would join the hung executor's threads, and hang too.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command()

@@ -37,6 +37,12 @@ PLAIN_PROGRESS_SECONDS = 2.0
 # that only a real hang trips it, and the demo then reports instead of waiting forever.
 BASE_TIMEOUT_SECONDS = 60.0
 TIMEOUT_SECONDS_PER_RECORD = 1 / 2000
+# Bound on shutdown() once the tasks are done: it only joins processes and threads then.
+SHUTDOWN_TIMEOUT_SECONDS = 30.0
+
+# Set when a bounded wait gave up on a thread that is still blocked: the command line then
+# exits without the interpreter's exit-time joins, which would block on it too.
+hung_threads_left = False
 
 
 def run_timeout(records: int) -> float:
@@ -306,6 +312,7 @@ def _run_tasks(shares: list[int], start_method: str, timeout: float, progress: P
     context = multiprocessing.get_context(start_method)
     executor = LoggingProcessPoolExecutor(len(shares), mp_context=context)
     futures: list[Future[int]] = []
+    problem = ""
     try:
         futures = [executor.submit(log_records, worker, count) for worker, count in enumerate(shares)]
         # Only now, with every worker started (under fork all are forked at the first
@@ -316,16 +323,32 @@ def _run_tasks(shares: list[int], start_method: str, timeout: float, progress: P
         for future in done:
             error = future.exception(timeout=0)
             if error is not None:
-                return f"a task failed: {type(error).__name__}: {error}"
-        if pending:
-            return f"the tasks did not finish within {timeout:.0f} s"
-        return ""
+                problem = f"a task failed: {type(error).__name__}: {error}"
+                break
+        else:
+            if pending:
+                problem = f"the tasks did not finish within {timeout:.0f} s"
     finally:
-        stuck = any(not future.done() for future in futures)
-        # A stuck run must not hang the demo too: do not wait for it, just report it.
-        executor.shutdown(wait=not stuck, cancel_futures=True)
+        problem = _shut_down(executor, cancel=bool(problem)) or problem
         if progress is not None:
             progress.stop()
+    return problem
+
+
+def _shut_down(executor: LoggingProcessPoolExecutor, cancel: bool) -> str:
+    """Shut the executor down, bounded; return a problem description or ""."""
+    global hung_threads_left
+    # Every task has returned, so every record was handled already (the barrier); what is
+    # left is joining the workers and the listener. A hang here is a bug the demo reports.
+    stopper = threading.Thread(
+        target=executor.shutdown, kwargs={"cancel_futures": cancel}, name="logexec-demo-shutdown", daemon=True
+    )
+    stopper.start()
+    stopper.join(timeout=SHUTDOWN_TIMEOUT_SECONDS)
+    if stopper.is_alive():
+        hung_threads_left = True
+        return f"shutdown() did not return within {SHUTDOWN_TIMEOUT_SECONDS:g} s (a hang in logexec)"
+    return ""
 
 
 def run_demo(

@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,9 +79,9 @@ def test_demo_as_a_command() -> None:
 @pytest.mark.timeout(30)
 def test_progress_is_redrawn_in_place_on_a_terminal(tmp_path: Path) -> None:
     """On a terminal the progress line is redrawn with \\r and ends with a newline."""
-    terminal = FakeTerminal()
-    status = _demo.run_demo(300, 2, "fork", str(tmp_path / "out"), False, None, io.StringIO(), terminal)
-    assert status == 0, printed
+    terminal, printed = FakeTerminal(), io.StringIO()
+    status = _demo.run_demo(300, 2, "fork", str(tmp_path / "out"), False, None, printed, terminal)
+    assert status == 0, printed.getvalue()
     shown = terminal.getvalue()
     assert shown.startswith("\r")
     last = shown.split("\r")[-1]
@@ -105,6 +106,25 @@ def test_a_record_missing_from_the_file_fails_the_demo(
     )
     assert status == 1
     assert "FAILED: records=50 workers=2 lost=1 duplicated=0 corrupt=0" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(10)
+def test_a_shutdown_that_hangs_is_reported_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If shutdown() does not return in time, the demo reports a hang instead of hanging."""
+    release = threading.Event()
+
+    class HangingExecutor:
+        def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+            release.wait(timeout=10)
+
+    monkeypatch.setattr(_demo, "SHUTDOWN_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(_demo, "hung_threads_left", False)
+    try:
+        problem = _demo._shut_down(HangingExecutor(), cancel=False)  # type: ignore[arg-type]
+    finally:
+        release.set()
+    assert problem == "shutdown() did not return within 0.2 s (a hang in logexec)"
+    assert _demo.hung_threads_left
 
 
 @pytest.mark.timeout(5)
@@ -148,7 +168,7 @@ def test_compare_prints_every_alternative_and_ours_verify(
     ]
     status = main([*argv, "--compare", "--compare-records", "300"])
     captured = capsys.readouterr()
-    assert status == 0, printed
+    assert status == 0, captured.out
     assert "comparison: 300 records" in captured.out
     rows = {}
     for line in captured.out.splitlines():
