@@ -33,7 +33,7 @@ def explicit_levels() -> dict[str, int]:
     return levels
 
 
-def wake_executor_manager(executor: object) -> None:
+def wake_executor_manager(executor: object) -> bool:
     """Make a ``ProcessPoolExecutor``'s manager thread look at its workers again.
 
     CPython's manager thread waits on the sentinels of the workers it knew when it last
@@ -42,17 +42,26 @@ def wake_executor_manager(executor: object) -> None:
     the pool never notices and ``result()`` hangs (measured here on 3.11 and 3.13: 6-7 hangs
     in 10 with a plain ``ProcessPoolExecutor``). The listener sees the dead worker's
     connection end, and calls this so that the manager collects the sentinels afresh.
+
+    Returns False, having done nothing, when the executor's shutdown lock is busy; the
+    caller tries again later. Do not change this to a blocking acquire: from 3.12 the
+    manager thread holds that lock while it joins the workers, and a worker still in its
+    initializer waits for the listener, so a listener blocked here deadlocks shutdown.
     """
     lock = getattr(executor, "_shutdown_lock", None)
     if lock is None:
-        return
-    # The stdlib wakes the thread under this lock, which keeps shutdown from closing the
-    # wake-up pipe underneath us.
-    with lock:
+        return True
+    if not lock.acquire(blocking=False):
+        return False
+    # Under the lock, as the stdlib does it, so that shutdown cannot close the wake-up pipe
+    # underneath us.
+    try:
         wakeup = getattr(executor, "_executor_manager_thread_wakeup", None)
-        if wakeup is None:
-            return
-        try:
-            wakeup.wakeup()
-        except (OSError, ValueError):
-            pass  # closed by a shutdown that is already under way
+        if wakeup is not None:
+            try:
+                wakeup.wakeup()
+            except (OSError, ValueError):
+                pass  # closed by a shutdown that is already under way
+    finally:
+        lock.release()
+    return True

@@ -215,10 +215,9 @@ class _WakeManager:
         # A weak reference: the listener must not keep the executor alive.
         self._executor = executor
 
-    def __call__(self) -> None:
+    def __call__(self) -> bool:
         executor = self._executor()
-        if executor is not None:
-            _compat.wake_executor_manager(executor)
+        return executor is None or _compat.wake_executor_manager(executor)
 
 
 def _stop_in_background(listener: Listener) -> None:

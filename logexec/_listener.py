@@ -37,23 +37,40 @@ from ._dispatch import Dispatcher
 
 # Bytes asked of the kernel per read. Large reads carry many records per system call;
 # beyond this the gain is gone and the buffer only costs memory.
-READ_SIZE = 1 << 18
+READ_SIZE = 1 << 17
 # After the workers have exited, how long the final drain waits for a connection that is
 # still open (held by a process a task forked) before it gives up on it.
 DRAIN_GRACE_SECONDS = 2.0
+# How soon to retry telling the pool that a worker's connection ended, when it was busy.
+WORKER_EXIT_RETRY_SECONDS = 0.05
 
 _LOGGER = logging.getLogger("logexec")
 
 
 class _Connection:
-    __slots__ = ("buffer", "challenge", "pid", "socket")
+    """One worker's connection and its receive buffer."""
+
+    __slots__ = ("buffer", "challenge", "filled", "pid", "socket", "view")
 
     def __init__(self, sock: socket.socket, challenge: bytes) -> None:
         self.socket = sock
-        self.buffer = bytearray()
         self.challenge = challenge
         # 0 until the peer has authenticated.
         self.pid = 0
+        # Received bytes not yet handled: view[:filled]. The buffer is reused for every
+        # read (recv_into), because allocating a fresh large bytes object per recv costs
+        # more than handling the records in it.
+        self.buffer = bytearray(READ_SIZE)
+        self.view = memoryview(self.buffer)
+        self.filled = 0
+
+    def resize(self, capacity: int) -> None:
+        """Move the unhandled bytes into a buffer of ``capacity`` bytes."""
+        pending = bytes(self.view[: self.filled])
+        self.view.release()
+        self.buffer = bytearray(capacity)
+        self.view = memoryview(self.buffer)
+        self.view[: len(pending)] = pending
 
 
 _ACCEPT = "accept"
@@ -64,11 +81,13 @@ class Listener:
     """Receives every worker's records and hands them to a ``Dispatcher``."""
 
     def __init__(
-        self, dispatcher: Dispatcher, key: bytes, on_worker_exit: Callable[[], None] | None = None
+        self, dispatcher: Dispatcher, key: bytes, on_worker_exit: Callable[[], bool] | None = None
     ) -> None:
         self._dispatcher = dispatcher
         self._key = key
+        # Called when a worker's connection ends; returns False to be called again later.
         self._on_worker_exit = on_worker_exit
+        self._worker_exit_pending = False
         self._lock = threading.Lock()
         self._directory: str | None = None
         self._server: socket.socket | None = None
@@ -148,8 +167,13 @@ class Listener:
         selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
         try:
             while not self._stopping:
-                for key, _ in selector.select():
+                # Normally wait without a timeout; only a worker-exit notice that could not
+                # be delivered yet (see _compat.wake_executor_manager) makes us come back.
+                timeout = WORKER_EXIT_RETRY_SECONDS if self._worker_exit_pending else None
+                for key, _ in selector.select(timeout):
                     self._on_ready(selector, key.data)
+                if self._worker_exit_pending:
+                    self._notify_worker_exit()
             self._drain(selector)
         finally:
             self._close(selector)
@@ -218,58 +242,76 @@ class Listener:
             selector.register(sock, selectors.EVENT_READ, connection)
 
     def _read(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        view = connection.view
+        filled = connection.filled
         try:
-            data = connection.socket.recv(READ_SIZE)
+            received = connection.socket.recv_into(view[filled:])
         except OSError:
-            data = b""
-        if not data:
+            received = 0
+        if not received:
             self._hang_up(selector, connection)
             return
-        buffer = connection.buffer
-        buffer += data
-        if not connection.pid and not self._authenticate(selector, connection):
-            return
+        end = filled + received
+        position = 0
+        if not connection.pid:
+            position = self._authenticate(selector, connection, end)
+            if not position:
+                return
         dispatch = self._dispatcher.dispatch
         decode = _transport.decode_record
         unpack = _transport.HEADER.unpack_from
         header_size = _transport.HEADER_SIZE
-        view = memoryview(buffer)
-        end = len(buffer)
-        position = 0
-        try:
-            while end - position >= header_size:
-                size, kind = unpack(view, position)
-                start = position + header_size
-                stop = start + size
-                if stop > end:
-                    break
-                if kind == _transport.KIND_RECORD:
-                    task_id, record = decode(view[start:stop])
-                    dispatch(task_id, record)
-                elif kind == _transport.KIND_BARRIER:
-                    self._answer_barrier(connection)
-                else:
-                    view.release()
-                    self._protocol_error(selector, connection, f"unknown frame kind {kind}")
-                    return
-                position = stop
-        finally:
-            view.release()
-        if position:
-            del buffer[:position]
+        needed = 0
+        while end - position >= header_size:
+            size, kind = unpack(view, position)
+            start = position + header_size
+            stop = start + size
+            if stop > end:
+                needed = stop - position
+                break
+            if kind == _transport.KIND_RECORD:
+                task_id, record = decode(view[start:stop])
+                dispatch(task_id, record)
+            elif kind == _transport.KIND_BARRIER:
+                self._answer_barrier(connection)
+            else:
+                self._protocol_error(selector, connection, f"unknown frame kind {kind}")
+                return
+            position = stop
+        leftover = end - position
+        if leftover and position:
+            # Copy first: the source and the destination overlap.
+            view[:leftover] = bytes(view[position:end])
+        connection.filled = leftover
+        capacity = len(view)
+        if needed > capacity:
+            connection.resize(needed)  # a frame larger than the buffer (a huge record)
+        elif not leftover and capacity > READ_SIZE:
+            connection.resize(READ_SIZE)  # done with the huge record: give the memory back
 
-    def _authenticate(self, selector: selectors.BaseSelector, connection: _Connection) -> bool:
-        buffer = connection.buffer
-        if len(buffer) < _transport.HELLO_SIZE:
-            return False
-        proof = bytes(buffer[: _transport.DIGEST_SIZE])
+    def _authenticate(self, selector: selectors.BaseSelector, connection: _Connection, end: int) -> int:
+        """Check the worker's proof; return where its frames start (0: not yet, or refused)."""
+        if end < _transport.HELLO_SIZE:
+            connection.filled = end
+            return 0
+        view = connection.view
+        proof = bytes(view[: _transport.DIGEST_SIZE])
         expected = _transport.answer_challenge(self._key, connection.challenge)
         if not hmac.compare_digest(proof, expected):
             self._refuse(selector, connection)
-            return False
-        connection.pid = _transport.PID.unpack_from(buffer, _transport.DIGEST_SIZE)[0]
-        del buffer[: _transport.HELLO_SIZE]
-        return True
+            return 0
+        connection.pid = _transport.PID.unpack_from(view, _transport.DIGEST_SIZE)[0]
+        return _transport.HELLO_SIZE
+
+    def _notify_worker_exit(self) -> None:
+        if self._on_worker_exit is None:
+            self._worker_exit_pending = False
+            return
+        try:
+            self._worker_exit_pending = not self._on_worker_exit()
+        except Exception:
+            self._worker_exit_pending = False
+            _LOGGER.exception("logexec: the worker-exit callback failed")
 
     def _answer_barrier(self, connection: _Connection) -> None:
         try:
@@ -278,22 +320,20 @@ class Listener:
             pass  # the worker died while waiting; nobody is left to answer
 
     def _hang_up(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        if connection.pid and self._on_worker_exit is not None:
-            try:
-                self._on_worker_exit()
-            except Exception:
-                _LOGGER.exception("logexec: the worker-exit callback failed")
-        if connection.buffer and connection.pid:
+        if connection.pid:
+            self._worker_exit_pending = True
+            self._notify_worker_exit()
+        if connection.filled and connection.pid:
             # The worker died in the middle of writing a frame. That record's log call had
             # not returned, so it was never promised; still, say so rather than drop it.
             needed = _transport.HEADER_SIZE
-            if len(connection.buffer) >= needed:
-                needed += _transport.HEADER.unpack_from(connection.buffer, 0)[0]
+            if connection.filled >= needed:
+                needed += _transport.HEADER.unpack_from(connection.view, 0)[0]
             _LOGGER.warning(
                 "logexec: worker %d exited in the middle of sending a record; the incomplete "
                 "record (%d of %d bytes) was discarded",
                 connection.pid,
-                len(connection.buffer),
+                connection.filled,
                 needed,
             )
         self._forget(selector, connection)
@@ -314,6 +354,7 @@ class Listener:
     def _forget(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
         selector.unregister(connection.socket)
         connection.socket.close()
+        connection.view.release()
         self._connections.remove(connection)
 
 
