@@ -245,6 +245,8 @@ def main() -> None:
     print(_common.environment_line())
     print(f"logexec at {_common.logexec_revision()}; start method {args.start_method}")
 
+    alt = ("alt",) if args.alt_logexec else ()
+
     def plan(records: int, calls: int) -> list[dict[str, Any]]:
         base = {"start_method": args.start_method}
         specs = [
@@ -256,11 +258,14 @@ def main() -> None:
                 "workers": args.workers,
                 "records": records,
             }
-            for c in LISTENER_CONFIGS
+            for c in (*LISTENER_CONFIGS, *alt)
             for h in HANDLERS
             if not (c == "floor" and h == "file")
         ]
-        specs += [{**base, "kind": "call", "config": c, "calls": calls} for c in CALL_CONFIGS]
+        specs += [{**base, "kind": "call", "config": c, "calls": calls} for c in (*CALL_CONFIGS, *alt)]
+        for spec in specs:
+            if spec["config"] == "alt":
+                spec["pythonpath"] = args.alt_logexec
         return specs
 
     for spec in plan(2_000, 2_000):  # warm-up, discarded
