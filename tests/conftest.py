@@ -91,7 +91,9 @@ def clean_logging() -> Iterator[None]:
 def collect() -> Callable[..., ListHandler]:
     """Attach a ListHandler to a logger (root by default) for the test's duration."""
 
-    def attach(name: str | None = None, level: int = logging.DEBUG, handler_level: int = logging.NOTSET) -> ListHandler:
+    def attach(
+        name: str | None = None, level: int = logging.DEBUG, handler_level: int = logging.NOTSET
+    ) -> ListHandler:
         handler = ListHandler(handler_level)
         logger = logging.getLogger(name)
         logger.addHandler(handler)

@@ -53,7 +53,11 @@ def test_signature_keeps_the_stdlib_parameters() -> None:
         ({"max_workers": 0}, ValueError, "max_workers must be greater than 0, got 0"),
         ({"max_workers": -3}, ValueError, "got -3"),
         ({"max_workers": "2"}, TypeError, "max_workers must be an int or None, got '2'"),
-        ({"handlers": [logging.StreamHandler(), "nope"]}, TypeError, "handlers[1] must be a logging.Handler, got 'nope'"),
+        (
+            {"handlers": [logging.StreamHandler(), "nope"]},
+            TypeError,
+            "handlers[1] must be a logging.Handler, got 'nope'",
+        ),
         ({"handlers": logging.StreamHandler()}, TypeError, "handlers must be None or a sequence"),
         ({"initializer": 5}, TypeError, "initializer must be a callable or None, got 5"),
         ({"initargs": 5}, TypeError, "initargs must be a tuple, got 5"),
@@ -91,13 +95,17 @@ def test_max_tasks_per_child_bad_values_fail_like_the_stdlib() -> None:
 # Start methods and worker set-up ----------------------------------------------------------
 
 
-def test_records_arrive_under_every_start_method(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+def test_records_arrive_under_every_start_method(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
     """Every record from every worker arrives exactly once, under each start method."""
     handler = collect()
     with make_executor(2) as executor:
         futures = [executor.submit(helpers.log_n, 50, worker) for worker in range(4)]
         assert [future.result(timeout=RESULT_TIMEOUT) for future in futures] == [50] * 4
-    pairs = sorted((record.worker, record.counter) for record in handler.records if record.name == "tests.worker")  # type: ignore[attr-defined]
+    pairs = sorted(
+        (record.worker, record.counter) for record in handler.records if record.name == "tests.worker"
+    )  # type: ignore[attr-defined]
     assert pairs == [(worker, counter) for worker in range(4) for counter in range(50)]
 
 
@@ -140,7 +148,9 @@ def test_levels_are_mirrored(make_executor: Callable[..., Any], collect: Callabl
     ]
 
 
-def test_logging_disable_is_mirrored(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+def test_logging_disable_is_mirrored(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
     """logging.disable(INFO) in the parent silences INFO in the workers too."""
     handler = collect()
     logging.disable(logging.INFO)
@@ -208,9 +218,7 @@ def test_dispatch_follows_the_parent_logger_tree(
     assert len([record for record in root_handler.records if record.name == "tests.worker"]) == 8
 
 
-def test_dictconfig_setup_receives_worker_records(
-    tmp_path: Any, make_executor: Callable[..., Any]
-) -> None:
+def test_dictconfig_setup_receives_worker_records(tmp_path: Any, make_executor: Callable[..., Any]) -> None:
     """A dictConfig file handler with a format string receives worker records."""
     path = tmp_path / "app.log"
     logging.config.dictConfig(
@@ -218,7 +226,9 @@ def test_dictconfig_setup_receives_worker_records(
             "version": 1,
             "disable_existing_loggers": False,
             "formatters": {"plain": {"format": "%(name)s|%(levelname)s|%(message)s"}},
-            "handlers": {"file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "plain"}},
+            "handlers": {
+                "file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "plain"}
+            },
             "loggers": {"tests": {"level": "INFO", "handlers": ["file"]}},
         }
     )
@@ -256,9 +266,10 @@ def test_two_executors_never_mix_records(mp_context: Any) -> None:
     """Two executors alive at once deliver each to its own handlers."""
     logging.getLogger().setLevel(logging.INFO)
     first, second = ListHandler(), ListHandler()
-    with LoggingProcessPoolExecutor(1, mp_context=mp_context, handlers=[first]) as one, LoggingProcessPoolExecutor(
-        1, mp_context=mp_context, handlers=[second]
-    ) as two:
+    with (
+        LoggingProcessPoolExecutor(1, mp_context=mp_context, handlers=[first]) as one,
+        LoggingProcessPoolExecutor(1, mp_context=mp_context, handlers=[second]) as two,
+    ):
         futures = [one.submit(helpers.log_n, 20, 1), two.submit(helpers.log_n, 20, 2)]
         for future in futures:
             future.result(timeout=RESULT_TIMEOUT)
@@ -267,12 +278,16 @@ def test_two_executors_never_mix_records(mp_context: Any) -> None:
     assert len(first.records) == len(second.records) == 20
 
 
-def test_caplog_sees_worker_records(make_executor: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+def test_caplog_sees_worker_records(
+    make_executor: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
     """pytest's caplog captures worker records, right after result()."""
     caplog.set_level(logging.INFO)
     with make_executor(1) as executor:
         executor.submit(helpers.log_n, 3).result(timeout=RESULT_TIMEOUT)
-        assert [record.getMessage() for record in caplog.records] == [f"worker 0 record {i}" for i in range(3)]
+        assert [record.getMessage() for record in caplog.records] == [
+            f"worker 0 record {i}" for i in range(3)
+        ]
 
 
 # Fidelity ---------------------------------------------------------------------------------
@@ -283,7 +298,9 @@ def _render(record: logging.LogRecord) -> str:
     return formatter.format(record)
 
 
-def test_exception_renders_as_in_the_parent(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+def test_exception_renders_as_in_the_parent(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
     """A worker's log.exception renders exactly as the same call made in the parent."""
     handler = collect()
     helpers.log_exception("failed here")
@@ -296,7 +313,9 @@ def test_exception_renders_as_in_the_parent(make_executor: Callable[..., Any], c
     assert _render(remote) == _render(local)
 
 
-def test_stack_info_travels_separately(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+def test_stack_info_travels_separately(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
     """stack_info arrives as its own field, not folded into the message."""
     handler = collect()
     with make_executor(1) as executor:
@@ -323,7 +342,9 @@ def test_message_is_merged_and_process_fields_are_the_workers(
     assert record.relativeCreated > 0
 
 
-def test_unpicklable_content_arrives_as_repr(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+def test_unpicklable_content_arrives_as_repr(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
     """Unpicklable args, extras and exceptions arrive as repr(); a bad format is shown."""
     handler = collect()
     with make_executor(1) as executor:
@@ -370,7 +391,9 @@ def test_shutdown_without_wait_still_handles_everything(
     assert len([record for record in handler.records if record.name == "tests.worker"]) == 400
 
 
-def test_exception_in_with_body_still_flushes(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+def test_exception_in_with_body_still_flushes(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
     """An exception raised in the with body still flushes every record."""
     handler = collect()
     with pytest.raises(ZeroDivisionError), make_executor(2) as executor:
@@ -380,7 +403,9 @@ def test_exception_in_with_body_still_flushes(make_executor: Callable[..., Any],
     assert len([record for record in handler.records if record.name == "tests.worker"]) == 200
 
 
-def test_task_exception_is_the_stdlib_one(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+def test_task_exception_is_the_stdlib_one(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
     """A task's own exception reaches result(), after its records."""
     handler = collect()
     with make_executor(1) as executor:
@@ -408,7 +433,9 @@ def test_map_with_chunksize(make_executor: Callable[..., Any], collect: Callable
     assert len([record for record in handler.records if record.name == "tests.worker"]) == 100
 
 
-def test_many_threads_submitting_at_once(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+def test_many_threads_submitting_at_once(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
     """Many threads submitting concurrently: every record arrives once."""
     handler = collect()
     with make_executor(2) as executor:
@@ -419,7 +446,9 @@ def test_many_threads_submitting_at_once(make_executor: Callable[..., Any], coll
             return [executor.submit(helpers.log_n, 10, worker) for _ in range(5)]
 
         threads_results: list[list[Any]] = []
-        threads = [threading.Thread(target=lambda w=w: threads_results.append(submit_some(w))) for w in range(8)]
+        threads = [
+            threading.Thread(target=lambda w=w: threads_results.append(submit_some(w))) for w in range(8)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -443,7 +472,9 @@ def test_respawned_workers_go_on_logging(
     assert len([record for record in handler.records if record.name == "tests.worker"]) == 40
 
 
-def test_records_from_task_threads_arrive(make_executor: Callable[..., Any], collect: Callable[..., ListHandler]) -> None:
+def test_records_from_task_threads_arrive(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
     """Records logged by a thread the task started arrive too."""
     handler = collect()
     with make_executor(1) as executor:

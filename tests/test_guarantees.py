@@ -74,7 +74,7 @@ def test_wait_means_handled(make_executor: Callable[..., Any], collect: Callable
     handler = collect()
     with make_executor(2) as executor:
         futures = [executor.submit(helpers.log_n, 25, worker) for worker in range(4)]
-        done, not_done = concurrent.futures.wait(futures, timeout=RESULT_TIMEOUT)
+        _, not_done = concurrent.futures.wait(futures, timeout=RESULT_TIMEOUT)
         assert not not_done
         for worker in range(4):
             assert _count(handler, worker) == 25
@@ -207,7 +207,9 @@ def test_slow_parent_holds_workers_back_instead_of_buffering(make_executor: Call
     """Workers flooding a slow parent stay within 50 MiB of an idle worker's peak RSS."""
     records, size = 60_000, 2048
     with make_executor(2) as idle_executor:
-        idle = max(idle_executor.submit(helpers.peak_rss_kib).result(timeout=RESULT_TIMEOUT) for _ in range(2))
+        idle = max(
+            idle_executor.submit(helpers.peak_rss_kib).result(timeout=RESULT_TIMEOUT) for _ in range(2)
+        )
     handler = ThrottledHandler()
     with make_executor(2, handlers=[handler]) as executor:
         logging.getLogger().setLevel(logging.INFO)
