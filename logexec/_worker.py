@@ -46,7 +46,8 @@ class Channel:
     def __init__(self, config: WorkerConfig) -> None:
         self._config = config
         self._socket: socket.socket | None = None
-        self._owner_pid = 0
+        # Set in a child forked from this worker (see _after_fork_in_child).
+        self._forked = False
         # One lock for the socket: a task's threads may log while its barrier is sent.
         self._lock = threading.Lock()
         self._broken = False
@@ -64,13 +65,13 @@ class Channel:
             sock.close()
             raise
         self._socket = sock
-        self._owner_pid = os.getpid()
+        self._forked = False
         self._broken = False
 
     def put_nowait(self, frame: bytes) -> None:
         """Write one framed record; returns only once the bytes are in the kernel."""
         with self._lock:
-            if self._owner_pid != os.getpid():
+            if self._forked:
                 # A process forked by a task inherited this object. Writing to the
                 # inherited socket would interleave its frames with the worker's, so it
                 # gets a connection of its own.
@@ -102,6 +103,13 @@ class Channel:
         except (OSError, EOFError):
             # The parent is gone or its listener stopped; the result can still be sent.
             self._broken = True
+
+    def after_fork_in_child(self) -> None:
+        # Another thread may have held the lock at the fork; in the child it never will
+        # be released. A fork hook rather than an os.getpid() check per record: that check
+        # is a system call on every log call.
+        self._lock = threading.Lock()
+        self._forked = True
 
     def _reconnect_after_fork(self) -> None:
         if self._socket is not None:
@@ -188,6 +196,14 @@ def run_task(
         return fn(*args, **kwargs)
     finally:
         channel.end_task()
+
+
+def _after_fork_in_child() -> None:
+    if _channel is not None:
+        _channel.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reset_logging(levels: tuple[dict[str, int], int] | None) -> None:
