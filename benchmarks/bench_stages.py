@@ -7,7 +7,7 @@ end-to-end numbers are in the other scripts. Stages, in order:
 
     worker   log call to NullHandler | record_values (prepare) | pickle.dumps | frame
              | sendall (one frame to a socketpair) | full log call through logexec's handler
-    parent   wake-up (select + recv of one frame, the worst case: one record per wake-up)
+    parent   wake-up (select + recv_into of one frame, the worst case: one record per wake-up)
              | recv_into (frames sent one by one, as workers do) | parse (header, slice) | unpickle
              | rebuild (build_record) | dispatch (Dispatcher -> logger tree -> a no-op handler)
              | format (plain / json) | write (FileHandler.handle minus format)
@@ -135,7 +135,6 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
     # The whole call through logexec's handler, with the channel on the same socketpair.
     channel = _worker.Channel(_worker.WorkerConfig(b"k" * 32))
     channel._socket = writer  # no listener here: a socketpair stands in for the connection
-    channel._owner_pid = os.getpid()
     channel.task_id = 7
     root.removeHandler(null)
     root.addHandler(_worker.WorkerHandler(channel))
@@ -150,11 +149,13 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
     selector.register(reader, selectors.EVENT_READ)
     frame = frames[0]
 
+    scratch = memoryview(bytearray(1 << 18))
+
     def wake_ups() -> int:
         for _ in range(count):
             writer.send(frame)
             selector.select()
-            reader.recv(1 << 18)
+            reader.recv_into(scratch)  # as the listener reads since 2059578
         return count
 
     send_only = per_item(over(lambda _: writer.send(frame), range(20)), 1)
@@ -162,13 +163,12 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
     rows.append(
         (
             "parent",
-            "wake-up: select + recv for one frame (minus the send)",
+            "wake-up: select + recv_into for one frame (minus the send)",
             per_item(wake_ups, repeats) - send_only,
         )
     )
     # recv(n) allocates n bytes before it reads. Above glibc's mmap threshold (128 KiB until
     # the process frees a larger block) that is an mmap, page faults and a munmap per call.
-    scratch = memoryview(bytearray(1 << 18))
     for label, read in (
         ("recv(256 KiB) of one frame (minus the send)", lambda: reader.recv(1 << 18)),
         ("recv(64 KiB) of one frame (minus the send)", lambda: reader.recv(1 << 16)),

@@ -63,7 +63,7 @@ def recipe_initializer(queue: Any) -> None:
 class DispatchByName(logging.Handler):
     """The recipe's parent side: hand each record to its own logger in the parent."""
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         logging.getLogger(record.name).handle(record)
         return True
 
@@ -151,7 +151,7 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
         handler.close()
         elapsed = time.perf_counter() - start
     elif config == "mplog":
-        import multiprocessing_logging
+        import multiprocessing_logging  # type: ignore[import-untyped]  # ships no type hints
 
         if spec["start_method"] != "fork":
             raise ValueError("multiprocessing-logging works only with fork")
@@ -300,8 +300,9 @@ def _ratios(results: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, li
     """Per (N, formatter, W, config): this round's ratios to single writer and to the recipe."""
     by_round: dict[tuple[Any, ...], dict[str, Any]] = {}
     for result in results:
-        key = (result["round"], result["records"], result["formatter"], result["config"], result["workers"])
-        by_round[key] = result
+        by_round[
+            (result["round"], result["records"], result["formatter"], result["config"], result["workers"])
+        ] = result
     out: dict[tuple[Any, ...], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for (round_number, records, formatter, config, workers), result in by_round.items():
         if config == "single":
