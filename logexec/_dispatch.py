@@ -42,7 +42,7 @@ class Dispatcher:
         self._handlers = handlers
         # Loggers are never removed from logging's manager, so caching them is safe and
         # skips getLogger's module lock on every record.
-        self._loggers: dict[str, logging.Logger] = {}
+        self._loggers: dict[str, tuple[logging.Logger, bool]] = {}
         self._contexts: dict[int, contextvars.Context] = {}
         # Guards _contexts: submit and done-callbacks run on other threads than dispatch.
         self._contexts_lock = threading.Lock()
@@ -74,10 +74,11 @@ class Dispatcher:
         if handlers is not None:
             _call_handlers(handlers, record)
             return
-        logger = self._loggers.get(record.name)
-        if logger is None:
-            logger = self._logger_for(record.name)
-        if type(logger).handle is _STANDARD_HANDLE and type(logger).callHandlers is _STANDARD_CALL_HANDLERS:
+        entry = self._loggers.get(record.name)
+        if entry is None:
+            entry = self._logger_for(record.name)
+        logger, standard = entry
+        if standard:
             _handle(logger, record)
             return
         try:
@@ -85,11 +86,14 @@ class Dispatcher:
         except Exception:
             self._error_reporter.handleError(record)
 
-    def _logger_for(self, name: str) -> logging.Logger:
+    def _logger_for(self, name: str) -> tuple[logging.Logger, bool]:
         # A worker's root logger is named "root"; map it to the parent's root explicitly.
         logger = logging.getLogger() if name == logging.root.name else logging.getLogger(name)
-        self._loggers[name] = logger
-        return logger
+        kind = type(logger)
+        standard = kind.handle is _STANDARD_HANDLE and kind.callHandlers is _STANDARD_CALL_HANDLERS
+        entry = (logger, standard)
+        self._loggers[name] = entry
+        return entry
 
 
 _STANDARD_HANDLE = logging.Logger.handle

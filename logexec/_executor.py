@@ -113,6 +113,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         )
         self._logexec_lock = threading.Lock()
         self._logexec_shutdown = False
+        self._logexec_started = False
         self._logexec_shutdown_thread: threading.Thread | None = None
         self._logexec_task_ids = itertools.count()
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
@@ -138,22 +139,29 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             if self._logexec_shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             captured = _context.capture_values(self._logexec_variables)
-            self._start_channel()
+            if not self._logexec_started:
+                self._start_channel()
             task_id = next(self._logexec_task_ids)
-            self._logexec_dispatcher.register(task_id, contextvars.copy_context())
+            context = contextvars.copy_context()
+            # An empty context is what the listener thread has anyway: skip the bookkeeping.
+            keep_context = len(context) > 0
+            if keep_context:
+                self._logexec_dispatcher.register(task_id, context)
         try:
             future: Future[T] = super().submit(
                 _worker.run_task, task_id, self._logexec_addresses, captured, fn, *args, **kwargs
             )
         except BaseException:
-            self._logexec_dispatcher.forget(task_id)
+            if keep_context:
+                self._logexec_dispatcher.forget(task_id)
             raise
         finally:
             if self._logexec_forks:
                 # Under fork the first submit has just forked every worker; only now may
                 # our thread run (see the module docstring).
                 self._logexec_listener.start()
-        future.add_done_callback(_ForgetContext(self._logexec_dispatcher, task_id))
+        if keep_context:
+            future.add_done_callback(_ForgetContext(self._logexec_dispatcher, task_id))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -187,6 +195,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         self._logexec_config.address = self._logexec_listener.bind()
         if not self._logexec_forks:
             self._logexec_listener.start()
+        self._logexec_started = True
 
 
 class _ForgetContext:

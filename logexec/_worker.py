@@ -131,21 +131,25 @@ class WorkerHandler(logging.handlers.QueueHandler):
     def __init__(self, channel: Channel) -> None:
         super().__init__(channel)  # type: ignore[arg-type]  # a queue in all but type
         self._channel = channel
+        self._told_stderr = False
 
     def prepare(self, record: logging.LogRecord) -> Any:
         return _transport.encode_record(record, self._channel.task_id)
 
     def handleError(self, record: logging.LogRecord) -> None:
         # The only failure left after prepare() is an unreachable parent. The record must
-        # not vanish, so it goes to this worker's stderr, whole.
+        # not vanish, so it goes to this worker's stderr, whole, after a one-time notice.
         stream = sys.stderr
         if stream is None:
             return
         try:
-            stream.write(
-                f"logexec: worker {os.getpid()} could not reach the parent; record follows\n"
-                f"{_STDERR_FORMATTER.format(record)}\n"
-            )
+            if not self._told_stderr:
+                self._told_stderr = True
+                stream.write(
+                    f"logexec: worker {os.getpid()} cannot reach the parent process (it exited or "
+                    "its listener stopped); this worker's records now go to its stderr\n"
+                )
+            stream.write(f"{_STDERR_FORMATTER.format(record)}\n")
             stream.flush()
         except Exception:
             super().handleError(record)

@@ -1,0 +1,76 @@
+"""The worker side, in this process: the channel and the handler on root."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import socket
+
+import pytest
+
+from logexec import _transport, _worker
+
+
+def _channel_with_peer() -> tuple[_worker.Channel, socket.socket]:
+    channel = _worker.Channel(_worker.WorkerConfig(b"k" * 32))
+    ours, theirs = socket.socketpair()
+    channel._socket = ours
+    return channel, theirs
+
+
+def test_handler_is_a_queue_handler_that_writes_frames() -> None:
+    """The handler is a real QueueHandler; each record is one frame on the connection."""
+    channel, peer = _channel_with_peer()
+    handler = _worker.WorkerHandler(channel)
+    assert isinstance(handler, logging.handlers.QueueHandler)
+    channel.begin_task(41)
+    handler.handle(logging.makeLogRecord({"name": "w", "msg": "hi %s", "args": ("there",), "levelno": 20}))
+    data = peer.recv(65536)
+    size, kind = _transport.HEADER.unpack_from(data, 0)
+    assert kind == _transport.KIND_RECORD and len(data) == _transport.HEADER_SIZE + size
+    task_id, record = _transport.decode_record(data[_transport.HEADER_SIZE :])
+    assert task_id == 41 and record.getMessage() == "hi there"
+    assert channel.records_in_task == 1
+
+
+def test_unreachable_parent_sends_records_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """With the parent gone, records go to stderr after one notice; the caller sees nothing."""
+    channel, peer = _channel_with_peer()
+    peer.close()
+    handler = _worker.WorkerHandler(channel)
+    logger = logging.getLogger("tests.orphan")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    for number in range(3):
+        logger.info("orphan record %d", number)
+    err = capsys.readouterr().err
+    assert err.count("cannot reach the parent process") == 1
+    assert [line for line in err.splitlines() if "orphan record" in line] == [
+        f"INFO:tests.orphan:orphan record {number}" for number in range(3)
+    ]
+
+
+def test_task_that_logged_nothing_sends_no_barrier() -> None:
+    """end_task sends nothing when the task logged nothing."""
+    channel, peer = _channel_with_peer()
+    channel.begin_task(1)
+    channel.end_task()
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(16)
+
+
+def test_barrier_waits_for_the_answer() -> None:
+    """After a task that logged, end_task sends a barrier and returns once answered."""
+    channel, peer = _channel_with_peer()
+    handler = _worker.WorkerHandler(channel)
+    channel.begin_task(7)
+    handler.handle(logging.makeLogRecord({"msg": "x"}))
+    peer.sendall(_transport.BARRIER_ACK)  # answered ahead: end_task must still send its barrier
+    channel.end_task()
+    data = peer.recv(65536)
+    size, _ = _transport.HEADER.unpack_from(data, 0)
+    barrier = data[_transport.HEADER_SIZE + size :]
+    assert _transport.HEADER.unpack_from(barrier, 0)[1] == _transport.KIND_BARRIER
+    assert _transport.decode_barrier(barrier[_transport.HEADER_SIZE :]) == 7
