@@ -136,6 +136,26 @@ class WorkerHandler(logging.handlers.QueueHandler):
     def prepare(self, record: logging.LogRecord) -> Any:
         return _transport.encode_record(record, self._channel.task_id)
 
+    def handle(self, record: logging.LogRecord) -> Any:
+        # Handler.handle also takes the handler's lock around emit(). The one thing that
+        # must not interleave, the socket write, has the channel's lock already, and this
+        # runs on every log call, so the handler lock is skipped.
+        if self.filters:
+            verdict: Any = self.filter(record)
+            if not verdict:
+                return verdict
+            if isinstance(verdict, logging.LogRecord):  # 3.12+: a filter may swap the record
+                record = verdict
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        channel = self._channel
+        try:
+            channel.put_nowait(_transport.encode_record(record, channel.task_id))
+        except Exception:
+            self.handleError(record)
+
     def handleError(self, record: logging.LogRecord) -> None:
         # The only failure left after prepare() is an unreachable parent. The record must
         # not vanish, so it goes to this worker's stderr, whole, after a one-time notice.
