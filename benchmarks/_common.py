@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmark scripts: records, formatters, verification, reporting.
+"""Shared pieces of the benchmark scripts: records, formatters, verification, the worker and
+parent sides of the configurations, interleaved rounds, reporting.
 
 Not a benchmark itself (pytest never looks here; the scripts import it as a sibling module).
 Every record a benchmark logs carries its source id and a sequence number, so that the
@@ -8,20 +9,27 @@ output file can be checked line by line: missing, duplicated and corrupt records
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
+import logging.handlers
 import math
+import multiprocessing
 import os
 import platform
+import random
 import re
 import shlex
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
+from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +176,93 @@ def reset_root_logger(level: int = logging.INFO) -> logging.Logger:
     return root
 
 
+# The worker and parent sides the scripts share ---------------------------------------------
+
+
+def logging_task(source: int, count: int) -> int:
+    """A pool task: log ``count`` records tagged with ``source``."""
+    log_records(logging.getLogger(LOGGER_NAME), source, count)
+    return count
+
+
+def disabled_task(source: int, count: int) -> int:
+    """The same log calls with logging disabled in the worker: the pool's own cost."""
+    logging.disable(logging.CRITICAL)
+    log_records(logging.getLogger(LOGGER_NAME), source, count)
+    return count
+
+
+def null_initializer() -> None:
+    """A worker whose records go to a NullHandler (under fork it inherits the parent's handlers)."""
+    reset_root_logger().addHandler(logging.NullHandler())
+
+
+def recipe_initializer(queue: Queue[Any]) -> None:
+    """The stdlib recipe's worker side: a QueueHandler on root replaces the inherited handlers."""
+    reset_root_logger().addHandler(logging.handlers.QueueHandler(queue))
+
+
+class DispatchByName(logging.Handler):
+    """The recipe's parent side: hand each record to its own logger in the parent."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        logging.getLogger(record.name).handle(record)
+        return True
+
+
+def start_recipe_listener(
+    context: BaseContext,
+) -> tuple[Queue[Any], logging.handlers.QueueListener]:
+    """The recipe's queue and its started listener; workers take the queue through
+    :func:`recipe_initializer`."""
+    queue: Queue[Any] = context.Queue(-1)
+    listener = logging.handlers.QueueListener(queue, DispatchByName(), respect_handler_level=True)
+    listener.start()
+    return queue, listener
+
+
+def open_pool(
+    config: str, workers: int, context: BaseContext
+) -> tuple[concurrent.futures.ProcessPoolExecutor, logging.handlers.QueueListener | None]:
+    """A pool for ``plain``/``null`` (the workers' records go to a NullHandler), ``recipe`` (with
+    its started listener, for the caller to stop after the pool), or ``logexec``/``alt``."""
+    if config in ("plain", "null"):
+        # Under fork the worker inherits the parent's handlers; drop records instead.
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=null_initializer
+        )
+        return pool, None
+    if config == "recipe":
+        queue, listener = start_recipe_listener(context)
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
+        )
+        return pool, listener
+    if config in ("logexec", "alt"):
+        from logexec import LoggingProcessPoolExecutor
+
+        return LoggingProcessPoolExecutor(workers, mp_context=context), None
+    raise ValueError(f"unknown config {config!r}")
+
+
+class CountingFileHandler(logging.FileHandler):
+    """A FileHandler that signals once it has written ``expected`` records."""
+
+    def __init__(self, path: str, expected: int) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.expected = expected
+        self.count = 0
+        self.done = threading.Event()
+        if expected == 0:
+            self.done.set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+
+
 # Running trials ---------------------------------------------------------------------------
 
 
@@ -192,6 +287,39 @@ def run_trial(script: str, spec: dict[str, Any], timeout: float = 300.0) -> dict
         )
     result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
     return result
+
+
+def answer_trial(args: argparse.Namespace, trial: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:
+    """In a trial's interpreter (``--trial SPEC``): run it and print its result as the JSON line
+    :func:`run_trial` reads. False in the orchestrator."""
+    if not args.trial:
+        return False
+    print(json.dumps(trial(json.loads(args.trial))))
+    return True
+
+
+def run_rounds(
+    script: str,
+    args: argparse.Namespace,
+    plan: Callable[[], list[dict[str, Any]]],
+    describe: Callable[[dict[str, Any], dict[str, Any]], str],
+) -> list[dict[str, Any]]:
+    """``args.repeats`` rounds of every spec ``plan()`` returns, each round in a shuffled order.
+
+    Every result is tagged with its round; ``describe(spec, result)`` is the rest of the
+    progress line printed after ``round <n>``.
+    """
+    shuffler = random.Random(args.seed)
+    results: list[dict[str, Any]] = []
+    for round_number in range(args.repeats):
+        specs = plan()
+        shuffler.shuffle(specs)
+        for spec in specs:
+            result = run_trial(script, spec)
+            result["round"] = round_number
+            results.append(result)
+            print(f"round {round_number} {describe(spec, result)}", flush=True)
+    return results
 
 
 def median(values: Iterable[float]) -> float:
@@ -225,6 +353,33 @@ def environment_line() -> str:
         f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {load[0]:.2f} at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}"
     )
+
+
+def make_parser(description: str | None, quick_help: str) -> argparse.ArgumentParser:
+    """The round-based scripts' parser, with ``--repeats`` and ``--quick``; the script adds its
+    own options, then :func:`add_run_arguments`."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--start-method``, ``--seed``, ``--no-save``, ``--alt-logexec`` and the hidden ``--trial``."""
+    parser.add_argument(
+        "--start-method", default=multiprocessing.get_start_method(), choices=["fork", "spawn", "forkserver"]
+    )
+    parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    add_alt_argument(parser)
+    parser.add_argument("--trial", help=argparse.SUPPRESS)
+
+
+def print_header(args: argparse.Namespace) -> None:
+    print(environment_line())
+    print(f"logexec at {logexec_revision()}; start method {args.start_method}")
 
 
 def add_alt_argument(parser: argparse.ArgumentParser) -> None:
@@ -292,6 +447,18 @@ def save_json(name: str, results: object) -> None:
     """Keep the raw per-trial results next to the tables, for later analysis."""
     RESULTS_DIRECTORY.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIRECTORY / f"{name}.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+
+
+def finish(name: str, args: argparse.Namespace, text: str, results: object) -> None:
+    """Print the report; unless ``--no-save``, save it and the raw results as ``results/<name>.*``
+    (``<name>_alt.*`` in an A/B run)."""
+    print()
+    print(text)
+    if not args.no_save:
+        if args.alt_logexec:
+            name += "_alt"
+        write_section(name, text, sys.argv)
+        save_json(name, results)
 
 
 # The order of the sections in results.md.

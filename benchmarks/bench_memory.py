@@ -20,15 +20,10 @@ full socket blocks the log call: memory stays bounded, the workers slow down ins
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import json
 import logging
-import logging.handlers
 import multiprocessing
 import os
-import random
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -59,16 +54,6 @@ def flood_task(source: int, count: int) -> dict[str, float]:
 
 def noop() -> int:
     return os.getpid()
-
-
-def recipe_initializer(queue: Any) -> None:
-    _common.reset_root_logger().addHandler(logging.handlers.QueueHandler(queue))
-
-
-class DispatchByName(logging.Handler):
-    def handle(self, record: logging.LogRecord) -> bool:
-        logging.getLogger(record.name).handle(record)
-        return True
 
 
 class SlowFileHandler(logging.FileHandler):
@@ -104,22 +89,7 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
     root.addHandler(handler)
     parent_start_rss = _common.current_rss_kib()
 
-    listener = None
-    executor: concurrent.futures.ProcessPoolExecutor
-    if config == "recipe":
-        queue = context.Queue(-1)
-        listener = logging.handlers.QueueListener(queue, DispatchByName(), respect_handler_level=True)
-        listener.start()
-        executor = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
-        )
-    elif config in ("logexec", "alt"):
-        from logexec import LoggingProcessPoolExecutor
-
-        executor = LoggingProcessPoolExecutor(workers, mp_context=context)
-    else:
-        raise ValueError(f"unknown config {config!r}")
-
+    executor, listener = _common.open_pool(config, workers, context)
     with executor:
         # Start every worker first, so that each flood task runs in its own process.
         pids = {future.result() for future in [executor.submit(noop) for _ in range(workers * 4)]}
@@ -147,29 +117,17 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 5k records per worker")
+    parser = _common.make_parser(__doc__, "smoke run: 2 rounds, 5k records per worker")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--per-worker", type=int, default=25_000, help="records each worker logs")
-    parser.add_argument(
-        "--start-method", default=multiprocessing.get_start_method(), choices=["fork", "spawn", "forkserver"]
-    )
-    parser.add_argument("--seed", type=int, default=4)
-    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
-    _common.add_alt_argument(parser)
-    parser.add_argument("--trial", help=argparse.SUPPRESS)
+    _common.add_run_arguments(parser)
     args = parser.parse_args()
-    if args.trial:
-        print(json.dumps(trial(json.loads(args.trial))))
+    if _common.answer_trial(args, trial):
         return
     if args.quick:
         args.repeats, args.per_worker = 2, 5_000
 
-    print(_common.environment_line())
-    print(f"logexec at {_common.logexec_revision()}; start method {args.start_method}")
+    _common.print_header(args)
     base = {"workers": args.workers, "per_worker": args.per_worker, "start_method": args.start_method}
     configs = (*CONFIGS, "alt") if args.alt_logexec else CONFIGS
 
@@ -178,29 +136,17 @@ def main() -> None:
 
     for config in configs:  # warm-up, discarded
         _common.run_trial(__file__, {**spec_for(config), "per_worker": 1_000})
-    shuffler = random.Random(args.seed)
-    results: list[dict[str, Any]] = []
-    for round_number in range(args.repeats):
-        specs = [spec_for(config) for config in configs]
-        shuffler.shuffle(specs)
-        for spec in specs:
-            result = _common.run_trial(__file__, spec)
-            result["round"] = round_number
-            results.append(result)
-            print(
-                f"round {round_number} {spec['config']:8} "
-                f"worker peak {result['worker_peak_rss_mib']:6.1f} MiB "
-                f"(+{result['worker_growth_mib']:.1f}) parent peak {result['parent_peak_rss_mib']:6.1f} MiB "
-                f"loop {result['loop_seconds']:.2f} s drain {result['drain_seconds']:.3f} s",
-                flush=True,
-            )
-    text = report(args, results)
-    print()
-    print(text)
-    if not args.no_save:
-        name = "bench_memory_alt" if args.alt_logexec else "bench_memory"
-        _common.write_section(name, text, sys.argv)
-        _common.save_json(name, results)
+    results = _common.run_rounds(__file__, args, lambda: [spec_for(config) for config in configs], describe)
+    _common.finish("bench_memory", args, report(args, results), results)
+
+
+def describe(spec: dict[str, Any], result: dict[str, Any]) -> str:
+    return (
+        f"{spec['config']:8} "
+        f"worker peak {result['worker_peak_rss_mib']:6.1f} MiB "
+        f"(+{result['worker_growth_mib']:.1f}) parent peak {result['parent_peak_rss_mib']:6.1f} MiB "
+        f"loop {result['loop_seconds']:.2f} s drain {result['drain_seconds']:.3f} s"
+    )
 
 
 FIELDS = (

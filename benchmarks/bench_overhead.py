@@ -31,14 +31,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import json
 import logging
-import logging.handlers
 import multiprocessing
 import os
-import random
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -52,17 +48,6 @@ CALL_CONFIGS = ("null", "recipe", "logexec")
 HANDLERS = ("file", "null")
 
 
-def logging_task(source: int, count: int) -> int:
-    _common.log_records(logging.getLogger(_common.LOGGER_NAME), source, count)
-    return count
-
-
-def disabled_task(source: int, count: int) -> int:
-    logging.disable(logging.CRITICAL)
-    _common.log_records(logging.getLogger(_common.LOGGER_NAME), source, count)
-    return count
-
-
 def timed_loop_task(count: int) -> dict[str, float]:
     logger = logging.getLogger(_common.LOGGER_NAME)
     _common.log_records(logger, 999, 1000)  # warm-up: connections, caches
@@ -70,20 +55,6 @@ def timed_loop_task(count: int) -> dict[str, float]:
     _common.log_records(logger, 0, count)
     cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
     return {"wall_us": wall / count * 1e6, "cpu_us": cpu / count * 1e6}
-
-
-def null_initializer() -> None:
-    _common.reset_root_logger().addHandler(logging.NullHandler())
-
-
-def recipe_initializer(queue: Any) -> None:
-    _common.reset_root_logger().addHandler(logging.handlers.QueueHandler(queue))
-
-
-class DispatchByName(logging.Handler):
-    def handle(self, record: logging.LogRecord) -> bool:
-        logging.getLogger(record.name).handle(record)
-        return True
 
 
 class CountingNullHandler(logging.Handler):
@@ -103,20 +74,6 @@ class CountingNullHandler(logging.Handler):
         pass
 
 
-class CountingFileHandler(logging.FileHandler):
-    def __init__(self, path: str, expected: int) -> None:
-        super().__init__(path, encoding="utf-8")
-        self.expected = expected
-        self.count = 0
-        self.done = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        super().emit(record)
-        self.count += 1
-        if self.count >= self.expected:
-            self.done.set()
-
-
 def _process_cpu() -> float:
     return time.process_time()  # every thread, user + system, nanosecond clock
 
@@ -129,9 +86,9 @@ def listener_trial(spec: dict[str, Any]) -> dict[str, Any]:
     context = multiprocessing.get_context(spec["start_method"])
     directory = tempfile.mkdtemp(prefix="logexec-bench-")
     root = _common.reset_root_logger()
-    handler: CountingFileHandler | CountingNullHandler
+    handler: _common.CountingFileHandler | CountingNullHandler
     if spec["handler"] == "file":
-        handler = CountingFileHandler(os.path.join(directory, "out.log"), records)
+        handler = _common.CountingFileHandler(os.path.join(directory, "out.log"), records)
         handler.setFormatter(_common.make_formatter("plain"))
     else:
         handler = CountingNullHandler(records)
@@ -146,19 +103,17 @@ def listener_trial(spec: dict[str, Any]) -> dict[str, Any]:
         thread_cpu = time.thread_time() - start
     elif config == "floor":
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as executor:
-            for future in [executor.submit(disabled_task, s, c) for s, c in enumerate(counts)]:
+            for future in [executor.submit(_common.disabled_task, s, c) for s, c in enumerate(counts)]:
                 future.result()
     elif config == "recipe":
-        queue = context.Queue(-1)
-        listener = logging.handlers.QueueListener(queue, DispatchByName(), respect_handler_level=True)
-        listener.start()
+        queue, listener = _common.start_recipe_listener(context)
         listener_thread = listener._thread  # the stdlib's own thread; no public accessor
         assert listener_thread is not None and listener_thread.native_id is not None
         native_id = listener_thread.native_id
         with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
+            workers, mp_context=context, initializer=_common.recipe_initializer, initargs=(queue,)
         ) as executor:
-            for future in [executor.submit(logging_task, s, c) for s, c in enumerate(counts)]:
+            for future in [executor.submit(_common.logging_task, s, c) for s, c in enumerate(counts)]:
                 future.result()
             handler.done.wait(timeout=300)
             thread_cpu = _common.thread_cpu_seconds(native_id)
@@ -167,7 +122,7 @@ def listener_trial(spec: dict[str, Any]) -> dict[str, Any]:
         from logexec import LoggingProcessPoolExecutor
 
         with LoggingProcessPoolExecutor(workers, mp_context=context) as executor:
-            futures = [executor.submit(logging_task, s, c) for s, c in enumerate(counts)]
+            futures = [executor.submit(_common.logging_task, s, c) for s, c in enumerate(counts)]
             for future in futures:
                 future.result()  # and so every record is handled
             (thread,) = [t for t in threading.enumerate() if t.name == "logexec-listener"]
@@ -194,23 +149,7 @@ def call_trial(spec: dict[str, Any]) -> dict[str, Any]:
     root = _common.reset_root_logger()
     handler = CountingNullHandler(calls + 1000)
     root.addHandler(handler)
-    executor: concurrent.futures.ProcessPoolExecutor
-    listener = None
-    if config == "null":
-        executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=null_initializer)
-    elif config == "recipe":
-        queue = context.Queue(-1)
-        listener = logging.handlers.QueueListener(queue, DispatchByName(), respect_handler_level=True)
-        listener.start()
-        executor = concurrent.futures.ProcessPoolExecutor(
-            1, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
-        )
-    elif config in ("logexec", "alt"):
-        from logexec import LoggingProcessPoolExecutor
-
-        executor = LoggingProcessPoolExecutor(1, mp_context=context)
-    else:
-        raise ValueError(f"unknown config {config!r}")
+    executor, listener = _common.open_pool(config, 1, context)
     with executor:
         result: dict[str, float] = executor.submit(timed_loop_task, calls).result()
     if listener is not None:
@@ -218,32 +157,23 @@ def call_trial(spec: dict[str, Any]) -> dict[str, Any]:
     return {**spec, **result}
 
 
+def trial(spec: dict[str, Any]) -> dict[str, Any]:
+    return call_trial(spec) if spec["kind"] == "call" else listener_trial(spec)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, a tenth of the records")
+    parser = _common.make_parser(__doc__, "smoke run: 2 rounds, a tenth of the records")
     parser.add_argument("--workers", type=int, default=2, help="workers for the listener measurement")
     parser.add_argument("--records", type=int, default=100_000, help="records for the listener measurement")
     parser.add_argument("--calls", type=int, default=50_000, help="log calls timed inside the worker")
-    parser.add_argument(
-        "--start-method", default=multiprocessing.get_start_method(), choices=["fork", "spawn", "forkserver"]
-    )
-    parser.add_argument("--seed", type=int, default=4)
-    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
-    _common.add_alt_argument(parser)
-    parser.add_argument("--trial", help=argparse.SUPPRESS)
+    _common.add_run_arguments(parser)
     args = parser.parse_args()
-    if args.trial:
-        spec = json.loads(args.trial)
-        print(json.dumps(call_trial(spec) if spec["kind"] == "call" else listener_trial(spec)))
+    if _common.answer_trial(args, trial):
         return
     if args.quick:
         args.repeats, args.records, args.calls = 2, args.records // 10, args.calls // 10
 
-    print(_common.environment_line())
-    print(f"logexec at {_common.logexec_revision()}; start method {args.start_method}")
+    _common.print_header(args)
 
     alt = ("alt",) if args.alt_logexec else ()
 
@@ -270,30 +200,19 @@ def main() -> None:
 
     for spec in plan(2_000, 2_000):  # warm-up, discarded
         _common.run_trial(__file__, spec)
-    shuffler = random.Random(args.seed)
-    results: list[dict[str, Any]] = []
-    for round_number in range(args.repeats):
-        specs = plan(args.records, args.calls)
-        shuffler.shuffle(specs)
-        for spec in specs:
-            result = _common.run_trial(__file__, spec)
-            result["round"] = round_number
-            results.append(result)
-            if spec["kind"] == "call":
-                detail = f"call {result['wall_us']:.2f} us wall, {result['cpu_us']:.2f} us CPU"
-            else:
-                detail = (
-                    f"handler {spec['handler']:4} thread {result['thread_us']:.2f} us/rec, "
-                    f"process {result['process_us']:.2f} us/rec"
-                )
-            print(f"round {round_number} {spec['kind']:8} {spec['config']:8} {detail}", flush=True)
-    text = report(args, results)
-    print()
-    print(text)
-    if not args.no_save:
-        name = "bench_overhead_alt" if args.alt_logexec else "bench_overhead"
-        _common.write_section(name, text, sys.argv)
-        _common.save_json(name, results)
+    results = _common.run_rounds(__file__, args, lambda: plan(args.records, args.calls), describe)
+    _common.finish("bench_overhead", args, report(args, results), results)
+
+
+def describe(spec: dict[str, Any], result: dict[str, Any]) -> str:
+    if spec["kind"] == "call":
+        detail = f"call {result['wall_us']:.2f} us wall, {result['cpu_us']:.2f} us CPU"
+    else:
+        detail = (
+            f"handler {spec['handler']:4} thread {result['thread_us']:.2f} us/rec, "
+            f"process {result['process_us']:.2f} us/rec"
+        )
+    return f"{spec['kind']:8} {spec['config']:8} {detail}"
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:

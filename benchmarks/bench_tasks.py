@@ -20,17 +20,11 @@ FileHandler (the recipe's records may still be in flight when its results are ba
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import json
 import logging
-import logging.handlers
 import multiprocessing
 import os
-import random
 import shutil
-import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from typing import Any
@@ -52,39 +46,6 @@ def noop() -> None:
     return None
 
 
-def plain_initializer() -> None:
-    # Under fork the worker inherits the parent's FileHandler; drop records instead.
-    _common.reset_root_logger().addHandler(logging.NullHandler())
-
-
-def recipe_initializer(queue: Any) -> None:
-    _common.reset_root_logger().addHandler(logging.handlers.QueueHandler(queue))
-
-
-class DispatchByName(logging.Handler):
-    def handle(self, record: logging.LogRecord) -> bool:
-        logging.getLogger(record.name).handle(record)
-        return True
-
-
-class CountingFileHandler(logging.FileHandler):
-    """A FileHandler that signals once it has written ``expected`` records."""
-
-    def __init__(self, path: str, expected: int) -> None:
-        super().__init__(path, encoding="utf-8")
-        self.expected = expected
-        self.count = 0
-        self.done = threading.Event()
-        if expected == 0:
-            self.done.set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        super().emit(record)
-        self.count += 1
-        if self.count >= self.expected:
-            self.done.set()
-
-
 def trial(spec: dict[str, Any]) -> dict[str, Any]:
     config: str = spec["config"]
     per_task: int = spec["per_task"]
@@ -95,30 +56,11 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
     path = os.path.join(directory, "out.log")
     root = _common.reset_root_logger()
     expected = 0 if config == "plain" else tasks * per_task
-    handler = CountingFileHandler(path, expected)
+    handler = _common.CountingFileHandler(path, expected)
     handler.setFormatter(_common.make_formatter("plain"))
     root.addHandler(handler)
 
-    listener = None
-    executor: concurrent.futures.ProcessPoolExecutor
-    if config == "plain":
-        executor = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=plain_initializer
-        )
-    elif config == "recipe":
-        queue = context.Queue(-1)
-        listener = logging.handlers.QueueListener(queue, DispatchByName(), respect_handler_level=True)
-        listener.start()
-        executor = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
-        )
-    elif config in ("logexec", "alt"):
-        from logexec import LoggingProcessPoolExecutor
-
-        executor = LoggingProcessPoolExecutor(workers, mp_context=context)
-    else:
-        raise ValueError(f"unknown config {config!r}")
-
+    executor, listener = _common.open_pool(config, workers, context)
     with executor:
         # Warm up: start every worker and run a few tasks through it.
         for warm_up in [executor.submit(noop) for _ in range(workers * 4)]:
@@ -147,29 +89,17 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, a tenth of the tasks")
+    parser = _common.make_parser(__doc__, "smoke run: 2 rounds, a tenth of the tasks")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--start-method", default=multiprocessing.get_start_method(), choices=["fork", "spawn", "forkserver"]
-    )
-    parser.add_argument("--seed", type=int, default=4)
-    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
-    _common.add_alt_argument(parser)
-    parser.add_argument("--trial", help=argparse.SUPPRESS)
+    _common.add_run_arguments(parser)
     args = parser.parse_args()
-    if args.trial:
-        print(json.dumps(trial(json.loads(args.trial))))
+    if _common.answer_trial(args, trial):
         return
     scale = 10 if args.quick else 1
     if args.quick:
         args.repeats = 2
 
-    print(_common.environment_line())
-    print(f"logexec at {_common.logexec_revision()}; start method {args.start_method}")
+    _common.print_header(args)
 
     configs = (*CONFIGS, "alt") if args.alt_logexec else CONFIGS
 
@@ -189,29 +119,17 @@ def main() -> None:
 
     for spec in plan():  # warm-up round, a tenth of the size, discarded
         _common.run_trial(__file__, {**spec, "tasks": max(spec["tasks"] // 10, 8)})
-    shuffler = random.Random(args.seed)
-    results: list[dict[str, Any]] = []
-    for round_number in range(args.repeats):
-        specs = plan()
-        shuffler.shuffle(specs)
-        for spec in specs:
-            result = _common.run_trial(__file__, spec)
-            result["round"] = round_number
-            results.append(result)
-            print(
-                f"round {round_number} {spec['config']:8} {spec['per_task']:>3} rec/task "
-                f"{result['tasks_per_s']:>9,.0f} tasks/s "
-                f"(results back after {result['results_seconds']:.3f} s, "
-                f"all handled after {result['seconds']:.3f} s)",
-                flush=True,
-            )
-    text = report(args, results)
-    print()
-    print(text)
-    if not args.no_save:
-        name = "bench_tasks_alt" if args.alt_logexec else "bench_tasks"
-        _common.write_section(name, text, sys.argv)
-        _common.save_json(name, results)
+    results = _common.run_rounds(__file__, args, plan, describe)
+    _common.finish("bench_tasks", args, report(args, results), results)
+
+
+def describe(spec: dict[str, Any], result: dict[str, Any]) -> str:
+    return (
+        f"{spec['config']:8} {spec['per_task']:>3} rec/task "
+        f"{result['tasks_per_s']:>9,.0f} tasks/s "
+        f"(results back after {result['results_seconds']:.3f} s, "
+        f"all handled after {result['seconds']:.3f} s)"
+    )
 
 
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:

@@ -24,12 +24,9 @@ import argparse
 import concurrent.futures
 import json
 import logging
-import logging.handlers
 import multiprocessing
 import os
-import random
 import shutil
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -41,31 +38,6 @@ CONFIGS = ("single", "floor", "recipe", "mplog", "loguru", "logexec")
 POOL_CONFIGS = CONFIGS[1:]
 
 # Trial side: what runs in the fresh interpreter -------------------------------------------
-
-
-def logging_task(source: int, count: int) -> int:
-    _common.log_records(logging.getLogger(_common.LOGGER_NAME), source, count)
-    return count
-
-
-def disabled_task(source: int, count: int) -> int:
-    logging.disable(logging.CRITICAL)
-    _common.log_records(logging.getLogger(_common.LOGGER_NAME), source, count)
-    return count
-
-
-def recipe_initializer(queue: Any) -> None:
-    # Under fork the worker inherits the parent's FileHandler: the recipe replaces it.
-    root = _common.reset_root_logger()
-    root.addHandler(logging.handlers.QueueHandler(queue))
-
-
-class DispatchByName(logging.Handler):
-    """The recipe's parent side: hand each record to its own logger in the parent."""
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        logging.getLogger(record.name).handle(record)
-        return True
 
 
 _loguru_logger: Any = None
@@ -133,20 +105,18 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
         root.addHandler(handler)
         start = time.perf_counter()
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as executor:
-            run_pool(executor, disabled_task, counts)
+            run_pool(executor, _common.disabled_task, counts)
         handler.close()
         elapsed = time.perf_counter() - start
         checked = False
     elif config == "recipe":
         root.addHandler(handler)
         start = time.perf_counter()
-        queue = context.Queue(-1)
-        listener = logging.handlers.QueueListener(queue, DispatchByName(), respect_handler_level=True)
-        listener.start()
+        queue, listener = _common.start_recipe_listener(context)
         with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
+            workers, mp_context=context, initializer=_common.recipe_initializer, initargs=(queue,)
         ) as executor:
-            run_pool(executor, logging_task, counts)
+            run_pool(executor, _common.logging_task, counts)
         listener.stop()
         handler.close()
         elapsed = time.perf_counter() - start
@@ -159,7 +129,7 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         multiprocessing_logging.install_mp_handler()
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as executor:
-            run_pool(executor, logging_task, counts)
+            run_pool(executor, _common.logging_task, counts)
         for wrapper in list(root.handlers):
             wrapper.close()  # joins its receiving thread for up to 5 s
             receiver = getattr(wrapper, "_receive_thread", None)
@@ -187,7 +157,7 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
         root.addHandler(handler)
         start = time.perf_counter()
         with LoggingProcessPoolExecutor(workers, mp_context=context) as logexec_executor:
-            run_pool(logexec_executor, logging_task, counts)
+            run_pool(logexec_executor, _common.logging_task, counts)
         handler.close()
         elapsed = time.perf_counter() - start
     else:
@@ -222,28 +192,17 @@ def plan_round(args: argparse.Namespace, configs: list[str]) -> list[dict[str, A
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, N=5000, W=2")
+    parser = _common.make_parser(__doc__, "smoke run: 2 rounds, N=5000, W=2")
     parser.add_argument("--records", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--formatters", nargs="+", default=["plain", "json"], choices=["plain", "json"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument(
-        "--start-method", default=multiprocessing.get_start_method(), choices=["fork", "spawn", "forkserver"]
-    )
-    parser.add_argument("--seed", type=int, default=4)
-    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
-    parser.add_argument(
         "--replot", action="store_true", help="redraw the table and chart from results/bench_throughput.json"
     )
-    _common.add_alt_argument(parser)
-    parser.add_argument("--trial", help=argparse.SUPPRESS)
+    _common.add_run_arguments(parser)
     args = parser.parse_args()
-    if args.trial:
-        print(json.dumps(trial(json.loads(args.trial))))
+    if _common.answer_trial(args, trial):
         return
     if args.quick:
         args.repeats, args.records, args.workers = 2, [5_000], [2]
@@ -263,37 +222,24 @@ def main() -> None:
     if args.alt_logexec:
         configs += [c for c in ("logexec", "alt") if c not in configs]
 
-    print(_common.environment_line())
-    print(f"logexec at {_common.logexec_revision()}; start method {args.start_method}")
+    _common.print_header(args)
     # Warm-up: one small trial of each configuration, discarded (disk cache, imports, pyc).
     for spec in plan_round(argparse.Namespace(**{**vars(args), "records": [2_000], "workers": [2]}), configs):
         _common.run_trial(__file__, spec)
 
-    shuffler = random.Random(args.seed)
-    results: list[dict[str, Any]] = []
-    for round_number in range(args.repeats):
-        specs = plan_round(args, configs)
-        shuffler.shuffle(specs)
-        for spec in specs:
-            result = _common.run_trial(__file__, spec)
-            result["round"] = round_number
-            results.append(result)
-            errors = sum(result.get(k, 0) for k in ("missing", "duplicated", "corrupt"))
-            print(
-                f"round {round_number} {spec['config']:8} W={spec['workers']} N={spec['records']:>7} "
-                f"{spec['formatter']:5} {result['rate']:>10,.0f} rec/s {result['seconds']:7.3f} s"
-                + (f"  ERRORS {errors}" if errors else ""),
-                flush=True,
-            )
-    text = report(args, configs, results)
-    print()
-    print(text)
-    if not args.no_save:
-        name = "bench_throughput_alt" if args.alt_logexec else "bench_throughput"
-        _common.write_section(name, text, sys.argv)
-        _common.save_json(name, results)
-        if not args.alt_logexec:
-            chart(args, configs, results)
+    results = _common.run_rounds(__file__, args, lambda: plan_round(args, configs), describe)
+    _common.finish("bench_throughput", args, report(args, configs, results), results)
+    if not args.no_save and not args.alt_logexec:
+        chart(args, configs, results)
+
+
+def describe(spec: dict[str, Any], result: dict[str, Any]) -> str:
+    errors = sum(result.get(k, 0) for k in ("missing", "duplicated", "corrupt"))
+    return (
+        f"{spec['config']:8} W={spec['workers']} N={spec['records']:>7} "
+        f"{spec['formatter']:5} {result['rate']:>10,.0f} rec/s {result['seconds']:7.3f} s"
+        + (f"  ERRORS {errors}" if errors else "")
+    )
 
 
 def _ratios(results: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, list[float]]]:

@@ -239,14 +239,6 @@ class Collector(logging.Handler):
         return count_tagged(read_lines(self.side_path), tag)
 
 
-class DispatchByName(logging.Handler):
-    """The recipe's parent side: hand each record to its own logger in the parent."""
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        logging.getLogger(record.name).handle(record)
-        return True
-
-
 def count_tagged(messages: Sequence[str], tag: str) -> int:
     prefix = f"tag={tag} "
     return sum(1 for message in list(messages) if message.startswith(prefix))
@@ -312,11 +304,7 @@ class Setup:
 class RecipeSetup(Setup):
     def start(self) -> concurrent.futures.ProcessPoolExecutor:
         reset_root().addHandler(self.collector)
-        self.queue = self.context.Queue(-1)
-        self.listener = logging.handlers.QueueListener(
-            self.queue, DispatchByName(), respect_handler_level=True
-        )
-        self.listener.start()
+        self.queue, self.listener = _common.start_recipe_listener(self.context)
         self.executor = concurrent.futures.ProcessPoolExecutor(
             1, mp_context=self.context, initializer=recipe_initializer, initargs=(self.queue,)
         )
@@ -446,6 +434,16 @@ def with_hangs(cell: str, hung: Sequence[str]) -> str:
     return f"{cell}; {', '.join(hung)}" if hung else cell
 
 
+def with_refusal(setup: Setup, cell: str, detail: str) -> tuple[str, str]:
+    """Where the library refused the start method and the check went on with ``mp_context``."""
+    if not setup.refusal:
+        return cell, detail
+    return (
+        f"error, then {cell} via `mp_context`",
+        f"{setup.refusal}; with the global method left at fork and mp_context={setup.method}: {detail}",
+    )
+
+
 # The checks: each returns {"cell": short, "detail": what was observed} -------------------
 
 
@@ -456,11 +454,7 @@ def check_start_method(setup: Setup) -> dict[str, str]:
     arrived = setup.count("a")
     cell = "yes" if arrived else "no"
     detail = f"task {task}; {arrived} of 1 record arrived"
-    if setup.refusal:
-        cell = f"error, then {cell} via `mp_context`"
-        detail = (
-            f"{setup.refusal}; with the global method left at fork and mp_context={setup.method}: {detail}"
-        )
+    cell, detail = with_refusal(setup, cell, detail)
     return {"cell": with_hangs(cell, hung), "detail": with_hangs(detail, hung)}
 
 
@@ -522,9 +516,7 @@ def check_levels(setup: Setup) -> dict[str, str]:
             f" through the logger passed by the initializer; through the worker's own "
             f"`from loguru import logger`: task {own_task}, {own_arrived} of 1 arrived"
         )
-    if setup.refusal:
-        cell = f"error, then {cell} via `mp_context`"
-        detail = f"{setup.refusal}; with the global method left at fork and mp_context=spawn: {detail}"
+    cell, detail = with_refusal(setup, cell, detail)  # check d runs under spawn only
     return {"cell": with_hangs(cell + own, hung), "detail": with_hangs(detail, hung)}
 
 
@@ -549,11 +541,7 @@ def check_named_handler(setup: Setup) -> dict[str, str]:
         detail += f"; the shared file got {setup.count('e')} of 1, written by the worker"
     if in_workers:
         cell += f"; its fork copy ran in the worker ({in_workers}x)"
-    if setup.refusal:
-        cell = f"error, then {cell} via `mp_context`"
-        detail = (
-            f"{setup.refusal}; with the global method left at fork and mp_context={setup.method}: {detail}"
-        )
+    cell, detail = with_refusal(setup, cell, detail)
     return {"cell": with_hangs(cell, hung), "detail": with_hangs(detail, hung)}
 
 
