@@ -131,7 +131,9 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         finalizer.atexit = False
 
     def __enter__(self) -> LoggingProcessPoolExecutor:
-        self._start_channel()
+        with self._logexec_lock:
+            if not self._logexec_started and not self._logexec_shutdown:
+                self._start_channel()
         return self
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
