@@ -59,8 +59,7 @@ RECORD_FIELDS: tuple[str, ...] = (
     "process",
     "taskName",
 )
-_TASK_ID_INDEX = len(RECORD_FIELDS)
-_EXTRAS_INDEX = _TASK_ID_INDEX + 1
+# After the fields, record_values() appends the task id and the extras dict.
 
 # Attributes that are not the user's `extra`: a fresh record's own, plus what formatters
 # add to it ("message", "asctime").

@@ -146,15 +146,8 @@ class WorkerHandler(logging.handlers.QueueHandler):
                 return verdict
             if isinstance(verdict, logging.LogRecord):  # 3.12+: a filter may swap the record
                 record = verdict
-        self.emit(record)
+        self.emit(record)  # QueueHandler's: prepare() here, then the channel's put_nowait()
         return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        channel = self._channel
-        try:
-            channel.put_nowait(_transport.encode_record(record, channel.task_id))
-        except Exception:
-            self.handleError(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
         # The only failure left after prepare() is an unreachable parent. The record must
