@@ -2,8 +2,16 @@
 
 The listener owns an ``AF_UNIX`` socket in a private (0700) temporary directory. Each
 worker connects once, proves it knows the executor's random key (challenge and HMAC
-answer), and from then on writes frames (see ``_transport``). The thread waits on all
-connections at once and handles records in the order each worker wrote them.
+answer), and from then on writes frames (see ``_transport``), either on the connection or
+into a shared-memory ring it handed over with its hello (see ``_ring``). The thread waits on
+all connections at once, reads the rings, and handles records in the order each worker
+wrote them.
+
+Rings are read by polling while records flow and by sleeping on the connections once they
+stop: a listener that has just been busy looks again every ``POLL_SECONDS`` for up to
+``STAY_AWAKE_SECONDS`` without being woken, and tells the writers so (each ring's "awake
+until"), so a worker that logs steadily makes no system call at all; after that it marks
+each ring asleep and the next frame wakes it.
 
 Why one connection per worker rather than one shared ``multiprocessing.Queue``:
 
@@ -19,6 +27,7 @@ is the backpressure that bounds memory when the parent's handlers are slow.
 
 from __future__ import annotations
 
+import array
 import atexit
 import contextlib
 import hmac
@@ -29,10 +38,11 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
-from . import _transport
+from . import _ring, _transport
 from ._dispatch import Dispatcher
 
 # Bytes asked of the kernel per read. Large reads carry many records per system call;
@@ -43,6 +53,17 @@ READ_SIZE = 1 << 17
 DRAIN_GRACE_SECONDS = 2.0
 # How soon to retry telling the pool that a worker's connection ended, when it was busy.
 WORKER_EXIT_RETRY_SECONDS = 0.05
+# See the module docstring. Polling costs the listener a wake-up per interval while records
+# flow; each wake-up it saves costs a worker a system call per record.
+POLL_SECONDS = 0.0005
+STAY_AWAKE_SECONDS = 0.02
+# How far ahead the listener promises to look again, and when it renews the promise. Ahead
+# of the poll interval by a margin for scheduling delays: a late look costs a worker a
+# needless wake-up, never a record.
+_PROMISE_NS = 10_000_000
+_RENEW_NS = 5_000_000
+# Room for one descriptor in the ancillary data of a hello.
+_FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
 
 _LOGGER = logging.getLogger("logexec")
 
@@ -50,7 +71,7 @@ _LOGGER = logging.getLogger("logexec")
 class _Connection:
     """One worker's connection and its receive buffer."""
 
-    __slots__ = ("buffer", "challenge", "filled", "pid", "socket", "view")
+    __slots__ = ("buffer", "challenge", "fds", "filled", "pid", "ring", "socket", "view")
 
     def __init__(self, sock: socket.socket, challenge: bytes) -> None:
         self.socket = sock
@@ -63,6 +84,9 @@ class _Connection:
         self.buffer = bytearray(READ_SIZE)
         self.view = memoryview(self.buffer)
         self.filled = 0
+        # Descriptors received before the hello was complete, and the ring made of one.
+        self.fds: list[int] = []
+        self.ring: _ring.RingReader | None = None
 
     def resize(self, capacity: int) -> None:
         """Move the unhandled bytes into a buffer of ``capacity`` bytes."""
@@ -95,6 +119,10 @@ class Listener:
         self._wake_writer: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._connections: list[_Connection] = []
+        # The connections whose frames come through a ring.
+        self._rings: list[_Connection] = []
+        # What the rings were last told: look again by this monotonic time; 0: asleep.
+        self._promised = 0
         self._stopping = False
         self._closed = False
         self.address = ""
@@ -168,17 +196,78 @@ class Listener:
         selector.register(self._server, selectors.EVENT_READ, _ACCEPT)
         selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
         try:
+            last_record = 0.0
             while not self._stopping:
-                # Normally wait without a timeout; only a worker-exit notice that could not
-                # be delivered yet (see _compat.wake_executor_manager) makes us come back.
-                timeout = WORKER_EXIT_RETRY_SECONDS if self._worker_exit_pending else None
-                for key, _ in selector.select(timeout):
+                if self._read_rings(selector):
+                    last_record = time.monotonic()
+                    self._renew_promise()
+                    timeout: float | None = 0.0  # still busy: only look for new connections
+                elif self._rings and time.monotonic() - last_record < STAY_AWAKE_SECONDS:
+                    self._renew_promise()
+                    timeout = POLL_SECONDS
+                else:
+                    timeout = self._sleep_timeout(selector)
+                    if timeout == 0.0:
+                        last_record = time.monotonic()
+                        continue  # a frame came in while the rings were being marked asleep
+                if self._worker_exit_pending:
+                    # A worker-exit notice that could not be delivered yet (see
+                    # _compat.wake_executor_manager) makes us come back.
+                    timeout = (
+                        WORKER_EXIT_RETRY_SECONDS
+                        if timeout is None
+                        else min(timeout, WORKER_EXIT_RETRY_SECONDS)
+                    )
+                events = selector.select(timeout)
+                for key, _ in events:
                     self._on_ready(selector, key.data)
                 if self._worker_exit_pending:
                     self._notify_worker_exit()
             self._drain(selector)
         finally:
             self._close(selector)
+
+    def _sleep_timeout(self, selector: selectors.BaseSelector) -> float | None:
+        """Mark every ring asleep, then look once more; 0.0 means a frame came meanwhile."""
+        if not self._rings:
+            return None
+        self._promise(0)
+        # A writer that published before it could see the mark did not wake us.
+        if self._read_rings(selector):
+            return 0.0
+        return _ring.SAFETY_WAKE_SECONDS
+
+    def _renew_promise(self) -> None:
+        now = time.monotonic_ns()
+        if self._promised - now < _RENEW_NS:
+            self._promise(now + _PROMISE_NS)
+
+    def _promise(self, deadline_ns: int) -> None:
+        self._promised = deadline_ns
+        for connection in self._rings:
+            assert connection.ring is not None
+            connection.ring.set_awake_until(deadline_ns)
+
+    def _read_rings(self, selector: selectors.BaseSelector) -> bool:
+        """Handle what every ring holds, one buffer each per call; True if any had some."""
+        moved = False
+        for connection in list(self._rings):
+            if self._read_ring(selector, connection):
+                moved = True
+        return moved
+
+    def _read_ring(self, selector: selectors.BaseSelector, connection: _Connection) -> bool:
+        ring = connection.ring
+        assert ring is not None
+        filled = connection.filled
+        try:
+            received = ring.read_into(connection.view[filled:])
+        except _ring.RingError as error:
+            self._protocol_error(selector, connection, str(error))
+            return False
+        if received:
+            self._handle_frames(selector, connection, filled + received, 0)
+        return received > 0
 
     def _drain(self, selector: selectors.BaseSelector) -> None:
         # The workers have exited, so every connection ends with EOF once read to the end.
@@ -200,13 +289,15 @@ class Listener:
                 return
             for key, _ in events:
                 self._on_ready(selector, key.data)
+            self._read_rings(selector)
 
     def _close(self, selector: selectors.BaseSelector) -> None:
         with self._lock:
             self._closed = True
-        for connection in self._connections:
-            connection.socket.close()
+        for connection in list(self._connections):
+            self._release(connection)
         self._connections.clear()
+        self._rings.clear()
         selector.close()
         for sock in (self._server, self._wake_reader, self._wake_writer):
             if sock is not None:
@@ -244,10 +335,22 @@ class Listener:
             selector.register(sock, selectors.EVENT_READ, connection)
 
     def _read(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        if connection.ring is not None:
+            # Only wake-ups arrive here; the frames are in the ring.
+            try:
+                woken = connection.socket.recv(4096)
+            except OSError:
+                woken = b""
+            if not woken:
+                self._hang_up(selector, connection)
+            return
         view = connection.view
         filled = connection.filled
         try:
-            received = connection.socket.recv_into(view[filled:])
+            if connection.pid:
+                received = connection.socket.recv_into(view[filled:])
+            else:
+                received = self._receive_hello(connection, view[filled:])
         except OSError:
             received = 0
         if not received:
@@ -259,6 +362,26 @@ class Listener:
             position = self._authenticate(selector, connection, end)
             if not position:
                 return
+            if connection.ring is not None:
+                connection.filled = 0  # anything after the hello is a wake-up
+                return
+        self._handle_frames(selector, connection, end, position)
+
+    def _receive_hello(self, connection: _Connection, target: memoryview) -> int:
+        # recvmsg, not recv: a descriptor rides with the hello, and recv would drop it.
+        received, ancillary, _, _ = connection.socket.recvmsg_into([target], _FDS_SPACE)
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                connection.fds.extend(fds)
+        return received
+
+    def _handle_frames(
+        self, selector: selectors.BaseSelector, connection: _Connection, end: int, position: int
+    ) -> None:
+        """Handle the whole frames in ``view[position:end]``; keep a cut-off one for later."""
+        view = connection.view
         dispatch = self._dispatcher.dispatch
         decode = _transport.decode_record
         unpack = _transport.HEADER.unpack_from
@@ -302,7 +425,30 @@ class Listener:
         if not hmac.compare_digest(proof, expected):
             self._refuse(selector, connection)
             return 0
-        connection.pid = _transport.PID.unpack_from(view, _transport.DIGEST_SIZE)[0]
+        pid, via = _transport.HELLO_TAIL.unpack_from(view, _transport.DIGEST_SIZE)
+        fds, connection.fds = connection.fds, []
+        if via == _transport.VIA_RING:
+            if len(fds) != 1:
+                _close_fds(fds)
+                connection.pid = pid
+                self._protocol_error(selector, connection, f"a ring hello came with {len(fds)} descriptors")
+                return 0
+            try:
+                connection.ring = _ring.RingReader(fds[0])
+            except (OSError, ValueError, _ring.RingError) as error:
+                connection.pid = pid
+                self._protocol_error(selector, connection, f"its shared-memory ring is unusable: {error}")
+                return 0
+            finally:
+                os.close(fds[0])
+            connection.ring.set_awake_until(self._promised)
+            self._rings.append(connection)
+        elif via != _transport.VIA_CONNECTION or fds:
+            _close_fds(fds)
+            connection.pid = pid
+            self._protocol_error(selector, connection, f"unknown transport {via} in its hello")
+            return 0
+        connection.pid = pid
         return _transport.HELLO_SIZE
 
     def _notify_worker_exit(self) -> None:
@@ -322,6 +468,12 @@ class Listener:
             pass  # the worker died while waiting; nobody is left to answer
 
     def _hang_up(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        if connection.ring is not None:
+            # The worker is gone; what it published is still in the ring.
+            while connection in self._rings and self._read_ring(selector, connection):
+                pass
+            if connection not in self._connections:
+                return  # closed for a protocol error while draining
         if connection.pid:
             self._worker_exit_pending = True
             self._notify_worker_exit()
@@ -355,9 +507,25 @@ class Listener:
 
     def _forget(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
         selector.unregister(connection.socket)
+        self._release(connection)
+        self._connections.remove(connection)
+        if connection in self._rings:
+            self._rings.remove(connection)
+
+    def _release(self, connection: _Connection) -> None:
         connection.socket.close()
         connection.view.release()
-        self._connections.remove(connection)
+        _close_fds(connection.fds)
+        connection.fds = []
+        if connection.ring is not None:
+            connection.ring.close()
+            connection.ring = None
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 # Listeners not yet stopped. At interpreter exit the stdlib has joined its workers first

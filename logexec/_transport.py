@@ -29,8 +29,15 @@ BARRIER_ACK = b"\x06"
 
 CHALLENGE_SIZE = 32
 DIGEST_SIZE = hashlib.sha256().digest_size
-PID = struct.Struct("!Q")
-HELLO_SIZE = DIGEST_SIZE + PID.size
+TASK_ID = struct.Struct("!Q")
+# A worker's hello: the HMAC answer, then its pid and how its frames will travel.
+HELLO_TAIL = struct.Struct("!QB")
+HELLO_SIZE = DIGEST_SIZE + HELLO_TAIL.size
+# Frames follow the hello on the connection itself.
+VIA_CONNECTION = 0
+# Frames go through a shared-memory ring (see _ring) whose descriptor rides with the hello;
+# what follows the hello on the connection is only wake-ups.
+VIA_RING = 1
 
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -91,12 +98,12 @@ def answer_challenge(key: bytes, challenge: bytes) -> bytes:
 
 def encode_barrier(task_id: int) -> bytes:
     """Frame a barrier: "answer me once everything before this is handled"."""
-    payload = PID.pack(task_id)
+    payload = TASK_ID.pack(task_id)
     return HEADER.pack(len(payload), KIND_BARRIER) + payload
 
 
 def decode_barrier(payload: Any) -> int:
-    task_id: int = PID.unpack(payload)[0]
+    task_id: int = TASK_ID.unpack(payload)[0]
     return task_id
 
 
@@ -205,8 +212,16 @@ def encode_values(values: tuple[Any, ...]) -> bytes:
 
 def encode_record(record: logging.LogRecord, task_id: int | None) -> bytes:
     """Frame one record for the wire."""
-    payload = encode_values(record_values(record, task_id))
-    return HEADER.pack(len(payload), KIND_RECORD) + payload
+    values = record_values(record, task_id)
+    try:
+        payload = _dumps(values, PICKLE_PROTOCOL)
+    except Exception:
+        payload = encode_values(values)  # finds what will not pickle
+    return _pack_header(len(payload), KIND_RECORD) + payload
+
+
+_dumps = pickle.dumps
+_pack_header = HEADER.pack
 
 
 def decode_values(payload: Any) -> tuple[Any, ...]:

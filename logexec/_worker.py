@@ -1,9 +1,10 @@
 """The worker side: the initializer, the task wrapper and the handler on root.
 
 Each worker process holds one private, authenticated connection to the parent's
-listener (see ``_listener``). A log call pickles the record and writes it to that
-connection before it returns, so a record whose call returned is in the kernel and
-survives the worker being killed a moment later.
+listener (see ``_listener``) and, where it can, a shared-memory ring beside it (see
+``_ring``). A log call encodes the record and, before it returns, either publishes it in
+the ring or writes it to the connection. Either way the frame is in kernel-owned memory
+that the parent holds too, so it survives the worker being killed a moment later.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from . import _compat, _context, _transport
+from . import _compat, _context, _ring, _transport
 
 
 class WorkerConfig:
@@ -46,6 +47,11 @@ class Channel:
     def __init__(self, config: WorkerConfig) -> None:
         self._config = config
         self._socket: socket.socket | None = None
+        # None when frames go through the connection (see _ring.enabled).
+        self._ring: _ring.RingWriter | None = None
+        # The ring while it can be written without any check (not forked, not broken):
+        # the one attribute the hot path looks at.
+        self._ready_ring: _ring.RingWriter | None = None
         # Set in a child forked from this worker (see _after_fork_in_child).
         self._forked = False
         # One lock for the socket: a task's threads may log while its barrier is sent.
@@ -60,30 +66,76 @@ class Channel:
             sock.connect(self._config.address)
             challenge = _receive_exactly(sock, _transport.CHALLENGE_SIZE)
             proof = _transport.answer_challenge(self._config.key, challenge)
-            sock.sendall(proof + _transport.PID.pack(os.getpid()))
+            ring = _open_ring()
+            if ring is None:
+                sock.sendall(proof + _transport.HELLO_TAIL.pack(os.getpid(), _transport.VIA_CONNECTION))
+            else:
+                hello = proof + _transport.HELLO_TAIL.pack(os.getpid(), _transport.VIA_RING)
+                assert ring.fd is not None
+                try:
+                    # One sendmsg carries the hello and the descriptor (a hello of this
+                    # size is never split by a stream socket's first write).
+                    sent = socket.send_fds(sock, [hello], [ring.fd])
+                    if sent != len(hello):
+                        sock.sendall(hello[sent:])
+                finally:
+                    ring.close_fd()
         except BaseException:
             sock.close()
             raise
         self._socket = sock
+        self._ring = self._ready_ring = ring
         self._forked = False
         self._broken = False
 
     def put_nowait(self, frame: bytes) -> None:
         """Write one framed record; returns only once the bytes are in the kernel."""
         with self._lock:
-            if self._forked:
-                # A process forked by a task inherited this object. Writing to the
-                # inherited socket would interleave its frames with the worker's, so it
-                # gets a connection of its own.
-                self._reconnect_after_fork()
-            if self._broken or self._socket is None:
-                raise ConnectionError("the parent's log listener is unreachable")
+            if self._ready_ring is None:
+                self._prepare_slow_path()
+            ring = self._ready_ring
             try:
-                self._socket.sendall(frame)
+                if ring is None:
+                    self._socket.sendall(frame)  # type: ignore[union-attr]  # checked above
+                else:
+                    done = ring.write(frame)
+                    if done == _ring.FULL:
+                        ring.write_waiting(frame, self._wake, self._check_parent)
+                        if ring.listener_asleep():
+                            self._wake()
+                    elif done == _ring.WROTE_WAKE:
+                        self._wake()
             except OSError:
-                self._broken = True
+                self._break()
                 raise
             self.records_in_task += 1
+
+    def _prepare_slow_path(self) -> None:
+        if self._forked:
+            # A process forked by a task inherited this object. Writing to the inherited
+            # connection or ring would interleave its frames with the worker's, so it
+            # gets a connection of its own.
+            self._reconnect_after_fork()
+        if self._broken or self._socket is None:
+            raise ConnectionError("the parent's log listener is unreachable")
+
+    def _break(self) -> None:
+        self._broken = True
+        self._ready_ring = None
+
+    def _wake(self) -> None:
+        # Any byte will do: the listener sleeps on the connection and then reads the ring.
+        assert self._socket is not None
+        self._socket.send(b"w")
+
+    def _check_parent(self) -> None:
+        # Peek, never read: the bytes waiting may be a barrier's answer for another thread.
+        assert self._socket is not None
+        try:
+            if not self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
+                raise ConnectionError("the parent's log listener closed the connection")
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def begin_task(self, task_id: int) -> None:
         self.task_id = task_id
@@ -97,12 +149,20 @@ class Channel:
         self.records_in_task = 0
         try:
             with self._lock:
-                self._socket.sendall(_transport.encode_barrier(task_id))
+                barrier = _transport.encode_barrier(task_id)
+                if self._ring is not None:
+                    # Behind the task's records in the ring, and a wake-up every time: a
+                    # barrier waits for the listener, so it must not wait for a missed one.
+                    if self._ring.write(barrier) == _ring.FULL:
+                        self._ring.write_waiting(barrier, self._wake, self._check_parent)
+                    self._wake()
+                else:
+                    self._socket.sendall(barrier)
             # Only the task's thread reads, so no lock: other threads may log meanwhile.
             _receive_exactly(self._socket, len(_transport.BARRIER_ACK))
         except (OSError, EOFError):
             # The parent is gone or its listener stopped; the result can still be sent.
-            self._broken = True
+            self._break()
 
     def after_fork_in_child(self) -> None:
         # Another thread may have held the lock at the fork; in the child it never will
@@ -110,12 +170,16 @@ class Channel:
         # is a system call on every log call.
         self._lock = threading.Lock()
         self._forked = True
+        self._ready_ring = None
 
     def _reconnect_after_fork(self) -> None:
         if self._socket is not None:
             # Closing our copy does not affect the worker that owns the connection.
             self._socket.close()
             self._socket = None
+        if self._ring is not None:
+            self._ring.detach()  # the worker that owns it keeps writing there
+            self._ring = None
         self.task_id = None
         self.records_in_task = 0
         self.connect()
@@ -138,15 +202,20 @@ class WorkerHandler(logging.handlers.QueueHandler):
 
     def handle(self, record: logging.LogRecord) -> Any:
         # Handler.handle also takes the handler's lock around emit(). The one thing that
-        # must not interleave, the socket write, has the channel's lock already, and this
-        # runs on every log call, so the handler lock is skipped.
+        # must not interleave, the write, has the channel's lock already, and this runs on
+        # every log call, so the handler lock is skipped; and QueueHandler.emit's
+        # prepare() and enqueue() are done here directly, a call each cheaper.
         if self.filters:
             verdict: Any = self.filter(record)
             if not verdict:
                 return verdict
             if isinstance(verdict, logging.LogRecord):  # 3.12+: a filter may swap the record
                 record = verdict
-        self.emit(record)  # QueueHandler's: prepare() here, then the channel's put_nowait()
+        channel = self._channel
+        try:
+            channel.put_nowait(_transport.encode_record(record, channel.task_id))
+        except Exception:
+            self.handleError(record)
         return True
 
     def handleError(self, record: logging.LogRecord) -> None:
@@ -239,6 +308,17 @@ def _reset_logging(levels: tuple[dict[str, int], int] | None) -> None:
     for name, level in logger_levels.items():
         logging.getLogger(name or None).setLevel(level)
     logging.disable(disabled)
+
+
+def _open_ring() -> _ring.RingWriter | None:
+    if not _ring.enabled():
+        return None
+    try:
+        return _ring.RingWriter()
+    except OSError:
+        # No memfd here (a sandbox, an old kernel, a descriptor limit): the connection
+        # carries the frames instead, at the cost of a system call per record.
+        return None
 
 
 def _receive_exactly(sock: socket.socket, size: int) -> bytes:

@@ -244,3 +244,17 @@ def log_task_records(task: int, n: int) -> int:
     for counter in range(n):
         logger.info("soak", extra={"task": task, "counter": counter})
     return n
+
+
+def log_wait_for_file_then_log(path: str, n: int) -> int:
+    """Log one record, wait (up to 60 s) until ``path`` exists, then log ``n`` more."""
+    logger = logging.getLogger("tests.worker")
+    logger.info("before the parent left")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    for number in range(n):
+        logger.info("after the parent left %d", number)
+    return n

@@ -1,0 +1,254 @@
+"""A ring of shared memory per worker: how a record leaves the worker without a system call.
+
+A worker creates the ring (an anonymous, sealed ``memfd``), maps it, and hands the file
+descriptor to the parent with its hello on the authenticated connection. From then on a
+log call copies its frame into the ring and publishes the new end; the parent's listener
+copies the bytes out. The pages belong to the kernel, not to the worker: once a call has
+published its frame, a ``SIGKILL`` a moment later cannot take the frame away, because the
+parent's mapping keeps the pages alive. That is the same promise a socket write gives,
+for a memory copy instead of a system call (and the cache and TLB churn that follows one),
+which is most of what a log call costs beyond making the record.
+
+The connection stays, for what shared memory cannot do: authenticate, wake a listener that
+sleeps, answer barriers, and report a worker's death (EOF).
+
+Ordering. The writer copies the frame, then stores the new end (one aligned 8-byte store);
+the reader loads the end, then copies. That is correct where stores are not reordered with
+stores nor loads with loads, which x86 guarantees and Python cannot otherwise ask for; so
+the ring is used only on x86 Linux, and everywhere else frames go through the connection
+itself (``enabled()``). The one race x86 allows, between the writer's "end" store and its
+load of the reader's "asleep" flag, can at worst cost a missed wake-up; the listener never
+sleeps longer than ``SAFETY_WAKE_SECONDS`` while it holds a ring, so that costs latency, never
+a record. Barriers and a worker's exit always wake the listener through the connection.
+
+Waking. The listener publishes in each ring until when it will look again without being
+woken ("awake until", a ``CLOCK_MONOTONIC`` time, system-wide; 0 when it sleeps). A writer
+past that time wakes it with a byte on the connection. So a listener that dies stops
+renewing, the next write tries to wake it, and the worker learns at once that its parent is
+gone, as it would from a failed socket write, instead of filling a ring nobody reads.
+
+Layout: three 8-byte counters, each on its own cache line (the writer's end, the reader's
+start, "awake until"), then ``CAPACITY`` bytes of data. The first two only grow; a
+position in the data is a counter modulo ``CAPACITY``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import platform
+import stat
+import time
+from typing import Callable
+
+# Bytes of frames a ring holds; a power of two. About 800 typical records: enough that a
+# worker rarely waits for a busy listener, small enough that the drain after a flood stays
+# short (a full ring is what a slow parent handler still has to write after the last call).
+CAPACITY = 1 << 17
+_MASK = CAPACITY - 1
+CONTROL_SIZE = 192
+SIZE = CONTROL_SIZE + CAPACITY
+# Indices of the counters in the control area, read as unsigned 64-bit integers.
+_END = 0
+_START = 8
+_AWAKE_UNTIL = 16
+
+# The longest the listener sleeps while it holds a ring (see "Ordering" above).
+SAFETY_WAKE_SECONDS = 1.0
+# How a writer waits for room in a full ring: short sleeps that grow to this.
+_FULL_WAIT_FIRST = 0.00005
+_FULL_WAIT_MAX = 0.002
+
+# What write() did.
+WROTE = 0
+WROTE_WAKE = 1
+FULL = 2
+
+_monotonic_ns = time.monotonic_ns
+
+_X86 = frozenset({"x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"})
+# For tests and for anyone who wants the plain connection: "0" turns the ring off.
+ENV_SWITCH = "LOGEXEC_SHARED_MEMORY"
+
+
+def enabled() -> bool:
+    """Whether a worker started now should use a ring (see "Ordering" above)."""
+    return (
+        hasattr(os, "memfd_create")
+        and platform.machine().lower() in _X86
+        and os.environ.get(ENV_SWITCH, "1") != "0"
+    )
+
+
+def _counters(mapping: mmap.mmap) -> memoryview:
+    # A native "Q" view: each item is read and written as one aligned 8-byte access.
+    return memoryview(mapping)[:CONTROL_SIZE].cast("Q")
+
+
+class RingWriter:
+    """The worker's end. Not thread-safe: the channel's lock serialises writers."""
+
+    def __init__(self) -> None:
+        flags = os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 0)
+        fd = os.memfd_create("logexec-ring", flags)
+        try:
+            os.ftruncate(fd, SIZE)
+            _seal(fd)
+            self._mapping = mmap.mmap(fd, SIZE)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd: int | None = fd
+        self._counters = _counters(self._mapping)
+        self._data = memoryview(self._mapping)[CONTROL_SIZE:]
+        self._end = 0
+        # Free bytes as of the last look at the reader's start: re-read only when short.
+        self._free = CAPACITY
+
+    def close_fd(self) -> None:
+        """Close our descriptor once the parent has its own (the mapping stays)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def write(self, frame: bytes) -> int:
+        """Copy ``frame`` in and publish it, if it fits now.
+
+        Returns ``WROTE``, ``WROTE_WAKE`` (the listener needs a wake-up to see it) or
+        ``FULL`` (nothing written: see ``write_waiting``). One call, not three, because it
+        runs on every log call.
+        """
+        size = len(frame)
+        if size > self._free:
+            self._free = CAPACITY - (self._end - self._counters[_START])
+            if size > self._free:
+                return FULL
+        position = self._end & _MASK
+        stop = position + size
+        if stop <= CAPACITY:
+            self._data[position:stop] = frame
+        else:
+            first = CAPACITY - position
+            self._data[position:] = frame[:first]
+            self._data[: size - first] = frame[first:]
+        self._end += size
+        self._free -= size
+        counters = self._counters
+        counters[_END] = self._end
+        return WROTE_WAKE if counters[_AWAKE_UNTIL] < _monotonic_ns() else WROTE
+
+    def listener_asleep(self) -> bool:
+        """Whether the listener (if it is alive) needs a wake-up to see what we wrote."""
+        return bool(self._counters[_AWAKE_UNTIL] < _monotonic_ns())
+
+    def write_waiting(self, frame: bytes, wake: Callable[[], None], check: Callable[[], None]) -> None:
+        """Write ``frame`` piece by piece as the listener makes room.
+
+        For a full ring, or a frame larger than the ring. Publishing part of a frame is
+        safe: the listener reassembles frames, and a worker killed halfway leaves a cut-off
+        frame, which the listener reports, of a log call that had not returned. Between
+        naps ``check`` raises if the parent is gone, the only way this ends early.
+        """
+        view = memoryview(frame)
+        written = 0
+        delay = _FULL_WAIT_FIRST
+        woken = False
+        while written < len(view):
+            free = CAPACITY - (self._end - self._counters[_START])
+            if not free:
+                if not woken:
+                    # Once per wait, unconditionally: a missed wake-up (see "Ordering")
+                    # must not leave us polling a ring that nobody reads.
+                    wake()
+                    woken = True
+                check()
+                time.sleep(delay)
+                delay = min(delay * 2, _FULL_WAIT_MAX)
+                continue
+            delay = _FULL_WAIT_FIRST
+            chunk = min(free, len(view) - written)
+            position = self._end & _MASK
+            stop = position + chunk
+            if stop <= CAPACITY:
+                self._data[position:stop] = view[written : written + chunk]
+            else:
+                first = CAPACITY - position
+                self._data[position:] = view[written : written + first]
+                self._data[: chunk - first] = view[written + first : written + chunk]
+            written += chunk
+            self._end += chunk
+            self._counters[_END] = self._end
+        self._free = CAPACITY - (self._end - self._counters[_START])
+
+    def detach(self) -> None:
+        """Forget the ring without touching it (in a forked child; the parent keeps it)."""
+        self._counters.release()
+        self._data.release()
+        self._mapping.close()  # unmaps this process's view only
+        self.close_fd()
+
+
+class RingError(Exception):
+    """A worker handed over something that is not a ring of ours, or broke its rules."""
+
+
+class RingReader:
+    """The listener's end of one worker's ring."""
+
+    def __init__(self, fd: int) -> None:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != SIZE:
+            raise RingError(
+                f"expected a shared-memory file of {SIZE} bytes; got mode {info.st_mode:o}, "
+                f"size {info.st_size}"
+            )
+        # A writer that could shrink the file would make our reads fault (SIGBUS).
+        if hasattr(fcntl, "F_GET_SEALS"):
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            if not seals & fcntl.F_SEAL_SHRINK:
+                raise RingError("the shared-memory file is not sealed against shrinking")
+        self._mapping = mmap.mmap(fd, SIZE)
+        self._counters = _counters(self._mapping)
+        self._data = memoryview(self._mapping)[CONTROL_SIZE:]
+        self._start = 0
+
+    def read_into(self, target: memoryview) -> int:
+        """Move up to ``len(target)`` published bytes into ``target``; return how many."""
+        available = self._counters[_END] - self._start
+        if available <= 0:
+            if available < 0:
+                raise RingError("the writer's end moved backwards")
+            return 0
+        if available > CAPACITY:
+            raise RingError(f"the writer claims {available} unread bytes in a ring of {CAPACITY}")
+        size = min(available, len(target))
+        position = self._start & _MASK
+        stop = position + size
+        if stop <= CAPACITY:
+            target[:size] = self._data[position:stop]
+        else:
+            first = CAPACITY - position
+            target[:first] = self._data[position:]
+            target[first:size] = self._data[: size - first]
+        self._start += size
+        # Published at once so the writer can go on while we handle what we took.
+        self._counters[_START] = self._start
+        return size
+
+    def has_data(self) -> bool:
+        return bool(self._counters[_END] != self._start)
+
+    def set_awake_until(self, deadline_ns: int) -> None:
+        """Promise to look again by ``deadline_ns`` (monotonic) unwoken; 0: wake me."""
+        self._counters[_AWAKE_UNTIL] = deadline_ns
+
+    def close(self) -> None:
+        self._counters.release()
+        self._data.release()
+        self._mapping.close()
+
+
+def _seal(fd: int) -> None:
+    if hasattr(fcntl, "F_ADD_SEALS"):
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
