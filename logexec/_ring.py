@@ -60,11 +60,6 @@ SAFETY_WAKE_SECONDS = 1.0
 _FULL_WAIT_FIRST = 0.00005
 _FULL_WAIT_MAX = 0.002
 
-# What write() did.
-WROTE = 0
-WROTE_WAKE = 1
-FULL = 2
-
 _monotonic_ns = time.monotonic_ns
 
 _X86 = frozenset({"x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"})
@@ -87,9 +82,15 @@ def _counters(mapping: mmap.mmap) -> memoryview:
 
 
 class RingWriter:
-    """The worker's end. Not thread-safe: the channel's lock serialises writers."""
+    """The worker's end. Not thread-safe: the channel's lock serialises writers.
 
-    def __init__(self) -> None:
+    ``wake`` wakes the listener (a byte on the connection); ``check`` raises if the parent
+    is gone. Either may raise ``OSError``, which ``write`` and ``write_waiting`` pass on.
+    """
+
+    def __init__(self, wake: Callable[[], None], check: Callable[[], None]) -> None:
+        self._wake = wake
+        self._check = check
         flags = os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 0)
         fd = os.memfd_create("logexec-ring", flags)
         try:
@@ -112,18 +113,16 @@ class RingWriter:
             os.close(self.fd)
             self.fd = None
 
-    def write(self, frame: bytes) -> int:
-        """Copy ``frame`` in and publish it, if it fits now.
+    def write(self, frame: bytes) -> bool:
+        """Copy ``frame`` in, publish it, and wake the listener if it needs it.
 
-        Returns ``WROTE``, ``WROTE_WAKE`` (the listener needs a wake-up to see it) or
-        ``FULL`` (nothing written: see ``write_waiting``). One call, not three, because it
-        runs on every log call.
+        False, with nothing written, when the frame does not fit now: see ``write_waiting``.
         """
         size = len(frame)
         if size > self._free:
             self._free = CAPACITY - (self._end - self._counters[_START])
             if size > self._free:
-                return FULL
+                return False
         position = self._end & _MASK
         stop = position + size
         if stop <= CAPACITY:
@@ -136,19 +135,23 @@ class RingWriter:
         self._free -= size
         counters = self._counters
         counters[_END] = self._end
-        return WROTE_WAKE if counters[_AWAKE_UNTIL] < _monotonic_ns() else WROTE
+        if counters[_AWAKE_UNTIL] < _monotonic_ns():
+            self._wake()
+        return True
 
     def listener_asleep(self) -> bool:
         """Whether the listener (if it is alive) needs a wake-up to see what we wrote."""
         return bool(self._counters[_AWAKE_UNTIL] < _monotonic_ns())
 
-    def write_waiting(self, frame: bytes, wake: Callable[[], None], check: Callable[[], None]) -> None:
-        """Write ``frame`` piece by piece as the listener makes room.
+    def write_waiting(self, frame: bytes, *, always_wake: bool = False) -> None:
+        """Write ``frame`` piece by piece as the listener makes room, then wake it if needed.
 
-        For a full ring, or a frame larger than the ring. Publishing part of a frame is
-        safe: the listener reassembles frames, and a worker killed halfway leaves a cut-off
-        frame, which the listener reports, of a log call that had not returned. Between
-        naps ``check`` raises if the parent is gone, the only way this ends early.
+        For a full ring, a frame larger than the ring, and barriers (``always_wake``: a
+        barrier waits for the listener, so it must not wait for a missed wake-up).
+        Publishing part of a frame is safe: the listener reassembles frames, and a worker
+        killed halfway leaves a cut-off frame, which the listener reports, of a log call
+        that had not returned. Between naps ``check`` raises if the parent is gone, the only
+        way this ends early.
         """
         view = memoryview(frame)
         written = 0
@@ -160,9 +163,9 @@ class RingWriter:
                 if not woken:
                     # Once per wait, unconditionally: a missed wake-up (see "Ordering")
                     # must not leave us polling a ring that nobody reads.
-                    wake()
+                    self._wake()
                     woken = True
-                check()
+                self._check()
                 time.sleep(delay)
                 delay = min(delay * 2, _FULL_WAIT_MAX)
                 continue
@@ -180,6 +183,8 @@ class RingWriter:
             self._end += chunk
             self._counters[_END] = self._end
         self._free = CAPACITY - (self._end - self._counters[_START])
+        if always_wake or self.listener_asleep():
+            self._wake()
 
     def detach(self) -> None:
         """Forget the ring without touching it (in a forked child; the parent keeps it)."""

@@ -66,7 +66,7 @@ class Channel:
             sock.connect(self._config.address)
             challenge = _receive_exactly(sock, _transport.CHALLENGE_SIZE)
             proof = _transport.answer_challenge(self._config.key, challenge)
-            ring = _open_ring()
+            ring = self._open_ring()
             if ring is None:
                 sock.sendall(proof + _transport.HELLO_TAIL.pack(os.getpid(), _transport.VIA_CONNECTION))
             else:
@@ -91,20 +91,19 @@ class Channel:
     def put_nowait(self, frame: bytes) -> None:
         """Write one framed record; returns only once the bytes are in the kernel."""
         with self._lock:
-            if self._ready_ring is None:
-                self._prepare_slow_path()
             ring = self._ready_ring
             try:
+                if ring is not None and ring.write(frame):
+                    # The path nearly every log call takes: no system call.
+                    self.records_in_task += 1
+                    return
+                if ring is None:
+                    self._prepare_slow_path()
+                    ring = self._ready_ring  # a child forked by a task has a new one now
                 if ring is None:
                     self._socket.sendall(frame)  # type: ignore[union-attr]  # checked above
-                else:
-                    done = ring.write(frame)
-                    if done == _ring.FULL:
-                        ring.write_waiting(frame, self._wake, self._check_parent)
-                        if ring.listener_asleep():
-                            self._wake()
-                    elif done == _ring.WROTE_WAKE:
-                        self._wake()
+                elif not ring.write(frame):
+                    ring.write_waiting(frame)
             except OSError:
                 self._break()
                 raise
@@ -127,6 +126,16 @@ class Channel:
         # Any byte will do: the listener sleeps on the connection and then reads the ring.
         assert self._socket is not None
         self._socket.send(b"w")
+
+    def _open_ring(self) -> _ring.RingWriter | None:
+        if not _ring.enabled():
+            return None
+        try:
+            return _ring.RingWriter(self._wake, self._check_parent)
+        except OSError:
+            # No memfd here (a sandbox, an old kernel, a descriptor limit): the connection
+            # carries the frames instead, at the cost of a system call per record.
+            return None
 
     def _check_parent(self) -> None:
         # Peek, never read: the bytes waiting may be a barrier's answer for another thread.
@@ -153,9 +162,7 @@ class Channel:
                 if self._ring is not None:
                     # Behind the task's records in the ring, and a wake-up every time: a
                     # barrier waits for the listener, so it must not wait for a missed one.
-                    if self._ring.write(barrier) == _ring.FULL:
-                        self._ring.write_waiting(barrier, self._wake, self._check_parent)
-                    self._wake()
+                    self._ring.write_waiting(barrier, always_wake=True)
                 else:
                     self._socket.sendall(barrier)
             # Only the task's thread reads, so no lock: other threads may log meanwhile.
@@ -308,17 +315,6 @@ def _reset_logging(levels: tuple[dict[str, int], int] | None) -> None:
     for name, level in logger_levels.items():
         logging.getLogger(name or None).setLevel(level)
     logging.disable(disabled)
-
-
-def _open_ring() -> _ring.RingWriter | None:
-    if not _ring.enabled():
-        return None
-    try:
-        return _ring.RingWriter()
-    except OSError:
-        # No memfd here (a sandbox, an old kernel, a descriptor limit): the connection
-        # carries the frames instead, at the cost of a system call per record.
-        return None
 
 
 def _receive_exactly(sock: socket.socket, size: int) -> bytes:

@@ -21,8 +21,10 @@ from .conftest import ListHandler
 needs_ring = pytest.mark.skipif(not _ring.enabled(), reason="the ring needs memfd and x86")
 
 
-def _pair() -> tuple[_ring.RingWriter, _ring.RingReader]:
-    writer = _ring.RingWriter()
+def _pair(
+    wake: Callable[[], None] = lambda: None, check: Callable[[], None] = lambda: None
+) -> tuple[_ring.RingWriter, _ring.RingReader]:
+    writer = _ring.RingWriter(wake, check)
     assert writer.fd is not None
     fd = os.dup(writer.fd)  # what the parent receives with the hello
     try:
@@ -56,9 +58,9 @@ def test_frames_come_out_in_order_across_the_wrap() -> None:
     received = bytearray()
     for number in range(20_000):
         frame = bytes([number % 251]) * rng.randrange(1, 700)
-        if writer.write(frame) == _ring.FULL:
+        if not writer.write(frame):
             received += _read_all(reader, rng.choice([100, 4096, _ring.CAPACITY]))
-            assert writer.write(frame) != _ring.FULL
+            assert writer.write(frame)
         sent += frame
     received += _read_all(reader)
     assert len(sent) > 10 * _ring.CAPACITY
@@ -68,16 +70,18 @@ def test_frames_come_out_in_order_across_the_wrap() -> None:
 @needs_ring
 def test_full_ring_and_a_frame_larger_than_the_ring_wait_for_room() -> None:
     """write() reports FULL without writing; write_waiting() streams as the reader drains."""
-    writer, reader = _pair()
-    filler = b"f" * (_ring.CAPACITY - 10)
-    assert writer.write(filler) != _ring.FULL
-    assert writer.write(b"x" * 11) == _ring.FULL
-    huge = os.urandom(3 * _ring.CAPACITY + 123)
     wakes: list[int] = []
+    writer, reader = _pair(wake=lambda: wakes.append(1))
+    reader.set_awake_until(time.monotonic_ns() + 600 * 10**9)  # awake: no wake-ups but ours
+    filler = b"f" * (_ring.CAPACITY - 10)
+    assert writer.write(filler)
+    assert not writer.write(b"x" * 11)
+    huge = os.urandom(3 * _ring.CAPACITY + 123)
     done = threading.Event()
+    assert not wakes
 
     def write_huge() -> None:
-        writer.write_waiting(huge, lambda: wakes.append(1), lambda: None)
+        writer.write_waiting(huge)
         done.set()
 
     thread = threading.Thread(target=write_huge)
@@ -97,27 +101,30 @@ def test_full_ring_and_a_frame_larger_than_the_ring_wait_for_room() -> None:
 @needs_ring
 def test_waiting_writer_gives_up_when_the_parent_is_gone() -> None:
     """check() raising is how a full ring with nobody reading ends: no endless wait."""
-    writer, _reader = _pair()
-    assert writer.write(b"f" * _ring.CAPACITY) != _ring.FULL
 
     def gone() -> None:
         raise ConnectionError("the parent's log listener closed the connection")
 
+    writer, _reader = _pair(check=gone)
+    assert writer.write(b"f" * _ring.CAPACITY)
     with pytest.raises(ConnectionError):
-        writer.write_waiting(b"more", lambda: None, gone)
+        writer.write_waiting(b"more")
 
 
 @needs_ring
 def test_listener_promise_decides_the_wake_up() -> None:
-    """Past the listener's "awake until", or asleep (0), a write asks for a wake-up."""
-    writer, reader = _pair()
+    """Past the listener's "awake until", or asleep (0), a write wakes it; else not."""
+    wakes: list[bytes] = []
+    writer, reader = _pair(wake=lambda: wakes.append(b"w"))
     reader.set_awake_until(0)
-    assert writer.write(b"a") == _ring.WROTE_WAKE
+    assert writer.write(b"a") and len(wakes) == 1
     reader.set_awake_until(time.monotonic_ns() + 10**9)
-    assert writer.write(b"b") == _ring.WROTE
+    assert writer.write(b"b") and len(wakes) == 1
     assert not writer.listener_asleep()
+    writer.write_waiting(b"barrier", always_wake=True)
+    assert len(wakes) == 2
     reader.set_awake_until(time.monotonic_ns() - 1)  # a listener that died stops renewing
-    assert writer.write(b"c") == _ring.WROTE_WAKE
+    assert writer.write(b"c") and len(wakes) == 3
     assert writer.listener_asleep()
 
 
