@@ -64,6 +64,7 @@ _PROMISE_NS = 10_000_000
 _RENEW_NS = 5_000_000
 # Room for one descriptor in the ancillary data of a hello.
 _FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
+_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 _LOGGER = logging.getLogger("logexec")
 
@@ -368,8 +369,9 @@ class Listener:
         self._handle_frames(selector, connection, end, position)
 
     def _receive_hello(self, connection: _Connection, target: memoryview) -> int:
-        # recvmsg, not recv: a descriptor rides with the hello, and recv would drop it.
-        received, ancillary, _, _ = connection.socket.recvmsg_into([target], _FDS_SPACE)
+        # recvmsg, not recv: a descriptor rides with the hello, and recv would drop it. Close
+        # on exec, so that a worker spawned meanwhile does not inherit another one's ring.
+        received, ancillary, _, _ = connection.socket.recvmsg_into([target], _FDS_SPACE, _CLOEXEC)
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array("i")
@@ -434,14 +436,15 @@ class Listener:
                 self._protocol_error(selector, connection, f"a ring hello came with {len(fds)} descriptors")
                 return 0
             try:
-                connection.ring = _ring.RingReader(fds[0])
+                ring = _ring.RingReader(fds[0])
             except (OSError, ValueError, _ring.RingError) as error:
+                os.close(fds[0])  # before hanging up: the peer may look as soon as we do
                 connection.pid = pid
                 self._protocol_error(selector, connection, f"its shared-memory ring is unusable: {error}")
                 return 0
-            finally:
-                os.close(fds[0])
-            connection.ring.set_awake_until(self._promised)
+            os.close(fds[0])  # the mapping stays
+            connection.ring = ring
+            ring.set_awake_until(self._promised)
             self._rings.append(connection)
         elif via != _transport.VIA_CONNECTION or fds:
             _close_fds(fds)
@@ -513,13 +516,14 @@ class Listener:
             self._rings.remove(connection)
 
     def _release(self, connection: _Connection) -> None:
-        connection.socket.close()
-        connection.view.release()
+        # The socket last: a peer that sees us hang up finds everything else let go.
         _close_fds(connection.fds)
         connection.fds = []
         if connection.ring is not None:
             connection.ring.close()
             connection.ring = None
+        connection.view.release()
+        connection.socket.close()
 
 
 def _close_fds(fds: list[int]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -9,6 +10,8 @@ import stat
 from typing import Any, Callable
 
 import pytest
+
+from logexec import _transport
 
 from . import helpers
 from .conftest import ListHandler
@@ -48,3 +51,49 @@ def test_foreign_connection_without_the_key_is_refused(
     assert any("failed authentication" in record.getMessage() for record in refused)
     assert len([record for record in handler.records if record.name == "tests.worker"]) == 3
     assert logging.getLogger().handlers  # parent logging intact
+
+
+def _ring_fds_held(name: str) -> list[str]:
+    """What this process's descriptors point at, for memfds called ``name``."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if f"memfd:{name}" in target:
+                held.append(target)
+    return held
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="needs memfd")
+@pytest.mark.parametrize("start_method", ["spawn"])
+@pytest.mark.parametrize("authenticated", [False, True], ids=["wrong-key", "bad-ring"])
+def test_descriptor_sent_with_a_refused_hello_is_closed(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler], authenticated: bool
+) -> None:
+    """A descriptor that rides with a refused hello (a wrong proof, or a proper one whose
+    "ring" is not a sealed ring of the right size) is closed, not kept or mapped."""
+    handler = collect()
+    with make_executor(1) as executor:
+        executor.submit(helpers.identity, 1).result(timeout=30)  # the pool is up
+        name = f"intruder-ring-{authenticated}"
+        fake_ring = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(fake_ring, 4096)  # neither the right size nor sealed
+        intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        intruder.settimeout(10)
+        intruder.connect(executor._logexec_listener.address)
+        challenge = intruder.recv(64)
+        key = executor._logexec_config.key if authenticated else b"\0" * 32
+        proof = _transport.answer_challenge(key, challenge)
+        hello = proof + _transport.HELLO_TAIL.pack(os.getpid(), _transport.VIA_RING)
+        socket.send_fds(intruder, [hello], [fake_ring])
+        os.close(fake_ring)
+        assert intruder.recv(16) == b""  # the listener hung up
+        intruder.close()
+        assert _ring_fds_held(name) == []
+        assert executor.submit(helpers.log_n, 2).result(timeout=30) == 2
+    messages = [record.getMessage() for record in handler.records if record.name == "logexec"]
+    if authenticated:
+        assert any("shared-memory ring is unusable" in message for message in messages), messages
+    else:
+        assert any("failed authentication" in message for message in messages), messages
+    assert len([record for record in handler.records if record.name == "tests.worker"]) == 2
