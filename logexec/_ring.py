@@ -13,19 +13,21 @@ The connection stays, for what shared memory cannot do: authenticate, wake a lis
 sleeps, answer barriers, and report a worker's death (EOF).
 
 Ordering. The writer copies the frame, then stores the new end (one aligned 8-byte store);
-the reader loads the end, then copies. That is correct where stores are not reordered with
-stores nor loads with loads, which x86 guarantees and Python cannot otherwise ask for; so
-the ring is used only on x86 Linux, and everywhere else frames go through the connection
-itself (``enabled()``). The one race x86 allows, between the writer's "end" store and its
-load of the reader's "asleep" flag, can at worst cost a missed wake-up; the listener never
-sleeps longer than ``SAFETY_WAKE_SECONDS`` while it holds a ring, so that costs latency, never
-a record. Barriers and a worker's exit always wake the listener through the connection.
+the reader loads the end, then copies. That is correct where an aligned 8-byte access is
+atomic and stores are not reordered with stores nor loads with loads, which x86-64
+guarantees and Python cannot otherwise ask for; so the ring is used only on x86-64 Linux,
+and everywhere else frames go through the connection itself (``enabled()``). The one race
+x86-64 allows, between the writer's store of the end and its load of the listener's "awake
+until", can at worst cost a missed wake-up; the listener never sleeps longer than
+``SAFETY_WAKE_SECONDS`` while it holds a ring, so that costs latency, never a record.
+Barriers and a worker's exit always wake the listener through the connection.
 
 Waking. The listener publishes in each ring until when it will look again without being
 woken ("awake until", a ``CLOCK_MONOTONIC`` time, system-wide; 0 when it sleeps). A writer
 past that time wakes it with a byte on the connection. So a listener that dies stops
-renewing, the next write tries to wake it, and the worker learns at once that its parent is
-gone, as it would from a failed socket write, instead of filling a ring nobody reads.
+renewing, the first write after its last promise runs out tries to wake it, and the worker
+learns that its parent is gone, as it would from a failed socket write, instead of filling
+a ring nobody reads.
 
 Layout: three 8-byte counters, each on its own cache line (the writer's end, the reader's
 start, "awake until"), then ``CAPACITY`` bytes of data. The first two only grow; a
@@ -62,7 +64,8 @@ _FULL_WAIT_MAX = 0.002
 
 _monotonic_ns = time.monotonic_ns
 
-_X86 = frozenset({"x86_64", "amd64", "i386", "i486", "i586", "i686", "x86"})
+# 64-bit only: on 32-bit x86 an 8-byte counter may be written as two halves.
+_X86_64 = frozenset({"x86_64", "amd64"})
 # For tests and for anyone who wants the plain connection: "0" turns the ring off.
 ENV_SWITCH = "LOGEXEC_SHARED_MEMORY"
 
@@ -71,7 +74,7 @@ def enabled() -> bool:
     """Whether a worker started now should use a ring (see "Ordering" above)."""
     return (
         hasattr(os, "memfd_create")
-        and platform.machine().lower() in _X86
+        and platform.machine().lower() in _X86_64
         and os.environ.get(ENV_SWITCH, "1") != "0"
     )
 

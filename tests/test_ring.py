@@ -18,7 +18,7 @@ from logexec import LoggingProcessPoolExecutor, _ring
 from . import helpers
 from .conftest import ListHandler
 
-needs_ring = pytest.mark.skipif(not _ring.enabled(), reason="the ring needs memfd and x86")
+needs_ring = pytest.mark.skipif(not _ring.enabled(), reason="the ring needs memfd and x86-64")
 
 
 def _pair(
