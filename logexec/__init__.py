@@ -6,12 +6,15 @@ every record a worker logs is handled once, whole, by the parent's logging confi
 The channel. Each worker gets its own ``AF_UNIX`` stream connection to a listener thread
 in the parent (a socket in a private 0700 directory; the worker proves it holds the
 executor's random key with an HMAC answer to the listener's challenge), and every log
-call writes its record to that connection before it returns. We chose this over the
+call puts its record on that channel before it returns: on x86-64 Linux into a
+shared-memory ring the worker handed over with its hello (no system call), elsewhere onto
+the connection itself. We chose this over the
 stdlib recipe's shared ``multiprocessing.Queue`` because, measured here, that queue loses
 the records of a worker killed by ``SIGKILL`` (its feeder thread had not written them
 yet) and then hangs ``QueueListener.stop()`` (the dead worker holds the queue's write
-lock). With one synchronous connection per worker, a record whose call returned is in the
-kernel and survives the crash, a dead worker is only an EOF on its own connection, a frame
+lock). With one synchronous channel per worker, a record whose call returned is in memory
+the kernel keeps for the parent and survives the crash, a dead worker is only an EOF on its
+own connection, a frame
 cut off mid-write damages nothing else, and a slow parent holds the writers back instead
 of letting memory grow. See ``_executor`` for the data flow.
 """

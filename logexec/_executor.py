@@ -8,11 +8,13 @@ Data flow::
      │ task id; copy_context() kept by task id         • connect to the listener, answer challenge
      ▼                                                 • every logger: no handlers, no filters,
    ProcessPoolExecutor machinery ── call item ────▶      propagate = True
-                                                       • root: one QueueHandler → own connection
+                                                       • root: one QueueHandler → own ring/connection
                                                        • mirror the parent's levels
    listener thread ("logexec-listener")              run_task(task id, fn, ...):
-     • one AF_UNIX connection per worker ◀── frames ── • each log call: frame written before
-     • rebuild the record                                it returns (record tagged by task id)
+     • per worker: a shared-memory ring ◀─── frames ── • each log call: frame published before
+       and an AF_UNIX connection (wake-ups,              it returns (record tagged by task id)
+       barriers, EOF; the frames where no ring)
+     • rebuild the record
      • context.run(dispatch) in the submitter's        • after fn: a barrier, if it logged,
        context: getLogger(name).handle(record)           and wait for the answer
        or the explicit handlers                                │
@@ -20,7 +22,8 @@ Data flow::
    future.result() ◀──── result ───────────────────── (sent after the barrier is answered)
 
 The **listener** (``_listener``) owns a socket in a private directory and reads every
-worker's connection; a dead worker is an EOF on its own connection and nothing else.
+worker's connection and ring (``_ring``); a dead worker is an EOF on its own connection and
+nothing else.
 The **worker side** (``_worker``) is the initializer, the task wrapper and the one
 ``QueueHandler`` on root. The **transport** (``_transport``) is the wire format and the
 record policy. The **dispatcher** (``_dispatch``) hands rebuilt records to the parent's

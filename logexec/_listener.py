@@ -7,11 +7,13 @@ into a shared-memory ring it handed over with its hello (see ``_ring``). The thr
 all connections at once, reads the rings, and handles records in the order each worker
 wrote them.
 
-Rings are read by polling while records flow and by sleeping on the connections once they
-stop: a listener that has just been busy looks again every ``POLL_SECONDS`` for up to
-``STAY_AWAKE_SECONDS`` without being woken, and tells the writers so (each ring's "awake
-until"), so a worker that logs steadily makes no system call at all; after that it marks
-each ring asleep and the next frame wakes it.
+Rings are read by polling while records flow and by sleeping on the connections otherwise:
+while runs of records come in, the listener looks again every ``POLL_SECONDS`` (for up to
+``STAY_AWAKE_SECONDS`` after the last one) without being woken, and tells the writers so
+(each ring's "awake until"), so a worker that logs steadily makes no system call at all.
+When nothing comes, or only a record or two per task (each task's barrier wakes the
+listener anyway, so polls would find nothing), it marks each ring asleep and the next frame
+wakes it.
 
 Why one connection per worker rather than one shared ``multiprocessing.Queue``:
 
@@ -21,8 +23,8 @@ Why one connection per worker rather than one shared ``multiprocessing.Queue``:
   so a crash loses records whose log call had already returned.
 
 Here a killed worker is only an EOF on its own connection, a cut-off frame is only at the
-end of that one connection, and a full socket blocks only the worker that filled it, which
-is the backpressure that bounds memory when the parent's handlers are slow.
+end of that one worker's stream, and a full ring or socket blocks only the worker that
+filled it, which is the backpressure that bounds memory when the parent's handlers are slow.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ WORKER_EXIT_RETRY_SECONDS = 0.05
 # flow; each wake-up it saves costs a worker a system call per record.
 POLL_SECONDS = 0.0005
 STAY_AWAKE_SECONDS = 0.02
+# Poll only while records come in runs: with a barrier every few records (short tasks that
+# log a little), each barrier's wake-up already brings the listener, and polls find nothing.
+POLL_RECORDS_PER_BARRIER = 4
+# A pass that took at least this much from one ring is followed by another at once.
+BUSY_BYTES = 4096
 # How far ahead the listener promises to look again, and when it renews the promise. Ahead
 # of the poll interval by a margin for scheduling delays: a late look costs a worker a
 # needless wake-up, never a record.
@@ -124,6 +131,9 @@ class Listener:
         self._rings: list[_Connection] = []
         # What the rings were last told: look again by this monotonic time; 0: asleep.
         self._promised = 0
+        # Frames handled in the current pass over the rings.
+        self._pass_records = 0
+        self._pass_barriers = 0
         self._stopping = False
         self._closed = False
         self.address = ""
@@ -199,17 +209,24 @@ class Listener:
         try:
             last_record = 0.0
             while not self._stopping:
-                if self._read_rings(selector):
-                    last_record = time.monotonic()
+                self._pass_records = self._pass_barriers = 0
+                moved = self._read_rings(selector)
+                now = time.monotonic()
+                timeout: float | None
+                if moved and self._pass_records > POLL_RECORDS_PER_BARRIER * self._pass_barriers:
+                    last_record = now
                     self._renew_promise()
-                    timeout: float | None = 0.0  # still busy: only look for new connections
-                elif self._rings and time.monotonic() - last_record < STAY_AWAKE_SECONDS:
+                    # A good batch means the workers keep up with us: read on at once, or
+                    # we sit idle while they wait. A small one: let the next batch gather.
+                    timeout = 0.0 if moved >= BUSY_BYTES else POLL_SECONDS
+                elif not moved and self._promised and now - last_record < STAY_AWAKE_SECONDS:
                     self._renew_promise()
                     timeout = POLL_SECONDS
                 else:
+                    # Nothing flows, or the records come a few per task and each task's
+                    # barrier wakes us anyway: polling would only add empty looks.
                     timeout = self._sleep_timeout(selector)
                     if timeout == 0.0:
-                        last_record = time.monotonic()
                         continue  # a frame came in while the rings were being marked asleep
                 if self._worker_exit_pending:
                     # A worker-exit notice that could not be delivered yet (see
@@ -249,15 +266,14 @@ class Listener:
             assert connection.ring is not None
             connection.ring.set_awake_until(deadline_ns)
 
-    def _read_rings(self, selector: selectors.BaseSelector) -> bool:
-        """Handle what every ring holds, one buffer each per call; True if any had some."""
-        moved = False
+    def _read_rings(self, selector: selectors.BaseSelector) -> int:
+        """Handle what every ring holds, one buffer each; return the most bytes one held."""
+        moved = 0
         for connection in list(self._rings):
-            if self._read_ring(selector, connection):
-                moved = True
+            moved = max(moved, self._read_ring(selector, connection))
         return moved
 
-    def _read_ring(self, selector: selectors.BaseSelector, connection: _Connection) -> bool:
+    def _read_ring(self, selector: selectors.BaseSelector, connection: _Connection) -> int:
         ring = connection.ring
         assert ring is not None
         filled = connection.filled
@@ -265,10 +281,10 @@ class Listener:
             received = ring.read_into(connection.view[filled:])
         except _ring.RingError as error:
             self._protocol_error(selector, connection, str(error))
-            return False
+            return 0
         if received:
             self._handle_frames(selector, connection, filled + received, 0)
-        return received > 0
+        return received
 
     def _drain(self, selector: selectors.BaseSelector) -> None:
         # The workers have exited, so every connection ends with EOF once read to the end.
@@ -399,8 +415,10 @@ class Listener:
             if kind == _transport.KIND_RECORD:
                 task_id, record = decode(view[start:stop])
                 dispatch(task_id, record)
+                self._pass_records += 1
             elif kind == _transport.KIND_BARRIER:
                 self._answer_barrier(connection)
+                self._pass_barriers += 1
             else:
                 self._protocol_error(selector, connection, f"unknown frame kind {kind}")
                 return

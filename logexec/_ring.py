@@ -185,6 +185,8 @@ class RingWriter:
             written += chunk
             self._end += chunk
             self._counters[_END] = self._end
+            if written < len(view) and self.listener_asleep():
+                self._wake()  # so that it makes room again
         self._free = CAPACITY - (self._end - self._counters[_START])
         if always_wake or self.listener_asleep():
             self._wake()
