@@ -474,7 +474,11 @@ def assemble_results() -> None:
             parts += ["", section.read_text(encoding="utf-8").rstrip()]
     alternatives = sorted(RESULTS_DIRECTORY.glob("*_alt.md"))
     if alternatives:
-        parts += ["", "# A/B runs against a prototype (`--alt-logexec`): `alt` is the prototype"]
+        parts += [
+            "",
+            "# A/B runs (`--alt-logexec`): `alt` is logexec imported from another directory "
+            "(which one, and what it holds: `commands.txt`)",
+        ]
         for section in alternatives:
             parts += ["", section.read_text(encoding="utf-8").rstrip()]
     (RESULTS_DIRECTORY / "results.md").write_text("\n".join(parts) + "\n", encoding="utf-8")

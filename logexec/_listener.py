@@ -249,10 +249,12 @@ class Listener:
         """Mark every ring asleep, then look once more; 0.0 means a frame came meanwhile."""
         if not self._rings:
             return None
-        self._promise(0)
-        # A writer that published before it could see the mark did not wake us.
-        if self._read_rings(selector):
-            return 0.0
+        if self._promised:
+            self._promise(0)
+            # A writer that published before it could see the mark did not wake us. (Asleep
+            # all along, every writer since saw the mark, and woke us.)
+            if self._read_rings(selector):
+                return 0.0
         return _ring.SAFETY_WAKE_SECONDS
 
     def _renew_promise(self) -> None:
