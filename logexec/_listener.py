@@ -69,6 +69,7 @@ BUSY_BYTES = 4096
 # needless wake-up, never a record.
 _PROMISE_NS = 10_000_000
 _RENEW_NS = 5_000_000
+_STAY_AWAKE_NS = int(STAY_AWAKE_SECONDS * 1e9)
 # Room for one descriptor in the ancillary data of a hello.
 _FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
@@ -207,20 +208,20 @@ class Listener:
         selector.register(self._server, selectors.EVENT_READ, _ACCEPT)
         selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
         try:
-            last_record = 0.0
+            last_record = 0
             while not self._stopping:
                 self._pass_records = self._pass_barriers = 0
                 moved = self._read_rings(selector)
-                now = time.monotonic()
+                now = time.monotonic_ns()
                 timeout: float | None
                 if moved and self._pass_records > POLL_RECORDS_PER_BARRIER * self._pass_barriers:
                     last_record = now
-                    self._renew_promise()
+                    self._renew_promise(now)
                     # A good batch means the workers keep up with us: read on at once, or
                     # we sit idle while they wait. A small one: let the next batch gather.
                     timeout = 0.0 if moved >= BUSY_BYTES else POLL_SECONDS
-                elif not moved and self._promised and now - last_record < STAY_AWAKE_SECONDS:
-                    self._renew_promise()
+                elif not moved and self._promised and now - last_record < _STAY_AWAKE_NS:
+                    self._renew_promise(now)
                     timeout = POLL_SECONDS
                 else:
                     # Nothing flows, or the records come a few per task and each task's
@@ -257,8 +258,7 @@ class Listener:
                 return 0.0
         return _ring.SAFETY_WAKE_SECONDS
 
-    def _renew_promise(self) -> None:
-        now = time.monotonic_ns()
+    def _renew_promise(self, now: int) -> None:
         if self._promised - now < _RENEW_NS:
             self._promise(now + _PROMISE_NS)
 
@@ -406,7 +406,7 @@ class Listener:
         decode = _transport.decode_record
         unpack = _transport.HEADER.unpack_from
         header_size = _transport.HEADER_SIZE
-        needed = 0
+        needed = records = barriers = 0
         while end - position >= header_size:
             size, kind = unpack(view, position)
             start = position + header_size
@@ -417,14 +417,16 @@ class Listener:
             if kind == _transport.KIND_RECORD:
                 task_id, record = decode(view[start:stop])
                 dispatch(task_id, record)
-                self._pass_records += 1
+                records += 1
             elif kind == _transport.KIND_BARRIER:
                 self._answer_barrier(connection)
-                self._pass_barriers += 1
+                barriers += 1
             else:
                 self._protocol_error(selector, connection, f"unknown frame kind {kind}")
                 return
             position = stop
+        self._pass_records += records
+        self._pass_barriers += barriers
         leftover = end - position
         if leftover and position:
             # Copy first: the source and the destination overlap.
@@ -447,32 +449,38 @@ class Listener:
         if not hmac.compare_digest(proof, expected):
             self._refuse(selector, connection)
             return 0
-        pid, via = _transport.HELLO_TAIL.unpack_from(view, _transport.DIGEST_SIZE)
+        connection.pid, via = _transport.HELLO_TAIL.unpack_from(view, _transport.DIGEST_SIZE)
         fds, connection.fds = connection.fds, []
         if via == _transport.VIA_RING:
+            problem = self._attach_ring(connection, fds)
+        else:
+            _close_fds(fds)
+            problem = (
+                ""
+                if via == _transport.VIA_CONNECTION and not fds
+                else f"unknown transport {via} in its hello"
+            )
+        if problem:
+            self._protocol_error(selector, connection, problem)
+            return 0
+        return _transport.HELLO_SIZE
+
+    def _attach_ring(self, connection: _Connection, fds: list[int]) -> str:
+        """Map the ring that came with a hello; return what is wrong with it, or ""."""
+        try:
             if len(fds) != 1:
-                _close_fds(fds)
-                connection.pid = pid
-                self._protocol_error(selector, connection, f"a ring hello came with {len(fds)} descriptors")
-                return 0
+                return f"a ring hello came with {len(fds)} descriptors"
             try:
                 ring = _ring.RingReader(fds[0])
             except (OSError, ValueError, _ring.RingError) as error:
-                os.close(fds[0])  # before hanging up: the peer may look as soon as we do
-                connection.pid = pid
-                self._protocol_error(selector, connection, f"its shared-memory ring is unusable: {error}")
-                return 0
-            os.close(fds[0])  # the mapping stays
-            connection.ring = ring
-            ring.set_awake_until(self._promised)
-            self._rings.append(connection)
-        elif via != _transport.VIA_CONNECTION or fds:
+                return f"its shared-memory ring is unusable: {error}"
+        finally:
+            # The mapping stays. Closed before any hang-up: the peer may look at once.
             _close_fds(fds)
-            connection.pid = pid
-            self._protocol_error(selector, connection, f"unknown transport {via} in its hello")
-            return 0
-        connection.pid = pid
-        return _transport.HELLO_SIZE
+        connection.ring = ring
+        ring.set_awake_until(self._promised)
+        self._rings.append(connection)
+        return ""
 
     def _notify_worker_exit(self) -> None:
         if self._on_worker_exit is None:

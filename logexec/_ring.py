@@ -123,24 +123,31 @@ class RingWriter:
         """
         size = len(frame)
         if size > self._free:
-            self._free = CAPACITY - (self._end - self._counters[_START])
+            self._free = self._room()
             if size > self._free:
                 return False
+        self._publish(frame)
+        self._free -= size
+        if self._counters[_AWAKE_UNTIL] < _monotonic_ns():
+            self._wake()
+        return True
+
+    def _room(self) -> int:
+        return CAPACITY - (self._end - self._counters[_START])
+
+    def _publish(self, data: bytes | memoryview) -> None:
+        """Copy ``data`` (which fits) in after the end, then move the end past it."""
+        size = len(data)
         position = self._end & _MASK
         stop = position + size
         if stop <= CAPACITY:
-            self._data[position:stop] = frame
+            self._data[position:stop] = data
         else:
             first = CAPACITY - position
-            self._data[position:] = frame[:first]
-            self._data[: size - first] = frame[first:]
+            self._data[position:] = data[:first]
+            self._data[: size - first] = data[first:]
         self._end += size
-        self._free -= size
-        counters = self._counters
-        counters[_END] = self._end
-        if counters[_AWAKE_UNTIL] < _monotonic_ns():
-            self._wake()
-        return True
+        self._counters[_END] = self._end
 
     def listener_asleep(self) -> bool:
         """Whether the listener (if it is alive) needs a wake-up to see what we wrote."""
@@ -161,7 +168,7 @@ class RingWriter:
         delay = _FULL_WAIT_FIRST
         woken = False
         while written < len(view):
-            free = CAPACITY - (self._end - self._counters[_START])
+            free = self._room()
             if not free:
                 if not woken:
                     # Once per wait, unconditionally: a missed wake-up (see "Ordering")
@@ -174,20 +181,11 @@ class RingWriter:
                 continue
             delay = _FULL_WAIT_FIRST
             chunk = min(free, len(view) - written)
-            position = self._end & _MASK
-            stop = position + chunk
-            if stop <= CAPACITY:
-                self._data[position:stop] = view[written : written + chunk]
-            else:
-                first = CAPACITY - position
-                self._data[position:] = view[written : written + first]
-                self._data[: chunk - first] = view[written + first : written + chunk]
+            self._publish(view[written : written + chunk])
             written += chunk
-            self._end += chunk
-            self._counters[_END] = self._end
             if written < len(view) and self.listener_asleep():
                 self._wake()  # so that it makes room again
-        self._free = CAPACITY - (self._end - self._counters[_START])
+        self._free = self._room()
         if always_wake or self.listener_asleep():
             self._wake()
 

@@ -201,13 +201,16 @@ def record_values(record: logging.LogRecord, task_id: int | None) -> tuple[Any, 
 def encode_values(values: tuple[Any, ...]) -> bytes:
     """Pickle record values; whatever will not pickle is sent as its ``repr()``."""
     try:
-        payload = pickle.dumps(values, PICKLE_PROTOCOL)
+        return pickle.dumps(values, PICKLE_PROTOCOL)
     except Exception:
-        # Rare path: find the culprits one by one rather than drop the record.
-        payload = pickle.dumps(
-            (*tuple(_picklable(v) for v in values[:-1]), _picklable_extras(values[-1])), PICKLE_PROTOCOL
-        )
-    return payload
+        return _encode_with_reprs(values)
+
+
+def _encode_with_reprs(values: tuple[Any, ...]) -> bytes:
+    # Rare path: find the culprits one by one rather than drop the record.
+    return pickle.dumps(
+        (*tuple(_picklable(v) for v in values[:-1]), _picklable_extras(values[-1])), PICKLE_PROTOCOL
+    )
 
 
 def encode_record(record: logging.LogRecord, task_id: int | None) -> bytes:
@@ -216,7 +219,7 @@ def encode_record(record: logging.LogRecord, task_id: int | None) -> bytes:
     try:
         payload = _dumps(values, PICKLE_PROTOCOL)
     except Exception:
-        payload = encode_values(values)  # finds what will not pickle
+        payload = _encode_with_reprs(values)
     return _pack_header(len(payload), KIND_RECORD) + payload
 
 

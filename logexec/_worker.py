@@ -92,17 +92,13 @@ class Channel:
         """Write one framed record; returns only once the bytes are in the kernel."""
         with self._lock:
             ring = self._ready_ring
+            if ring is None:
+                self._prepare_slow_path()
+                ring = self._ready_ring  # a child forked by a task has a new one now
             try:
-                if ring is not None and ring.write(frame):
-                    # The path nearly every log call takes: no system call.
-                    self.records_in_task += 1
-                    return
-                if ring is None:
-                    self._prepare_slow_path()
-                    ring = self._ready_ring  # a child forked by a task has a new one now
                 if ring is None:
                     self._socket.sendall(frame)  # type: ignore[union-attr]  # checked above
-                elif not ring.write(frame):
+                elif not ring.write(frame):  # nearly every call: a copy, no system call
                     ring.write_waiting(frame)
             except OSError:
                 self._break()
