@@ -1,13 +1,15 @@
-"""The one place where logexec reads logging state that has no public accessor.
+"""The one place where logexec reads state that has no public accessor.
 
-``logging`` offers no public way to list existing loggers or to read the level given to
-``logging.disable``. Both live on the logger manager, unchanged from 3.9 to 3.14; the
-tests in ``tests/test_compat.py`` pin that on every Python we support.
+``logging`` offers no public way to list existing loggers, to read the level given to
+``logging.disable``, or to learn that a level changed; ``ProcessPoolExecutor`` none to learn
+when its workers have all exited. Each lives in a private attribute unchanged from 3.9 to
+3.14; the tests in ``tests/test_compat.py`` pin every one of them on every Python we support.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 
 def existing_loggers() -> list[logging.Logger]:
@@ -65,3 +67,41 @@ def wake_executor_manager(executor: object) -> bool:
     finally:
         lock.release()
     return True
+
+
+def manager_thread(executor: object) -> threading.Thread | None:
+    """The thread that runs a ``ProcessPoolExecutor``'s workers, once ``submit`` started it.
+
+    It exits only after every worker has been joined: on shutdown, on a broken pool, and
+    when the executor was dropped without ``shutdown()`` (the stdlib finishes the pending
+    work first). So its end is when the log listener may stop.
+    """
+    thread = getattr(executor, "_executor_manager_thread", None)
+    return thread if isinstance(thread, threading.Thread) else None
+
+
+class LevelWatch:
+    """Tells in O(1) whether any logger's level, or ``logging.disable``, may have changed.
+
+    Every ``Logger.setLevel`` and ``logging.disable`` call clears the level caches of all
+    loggers (``Manager._clear_cache``), root's included. A private key of ours in root's
+    cache is therefore gone after any such call: one dict look-up per ``submit`` while
+    nothing changes. (A level assigned to ``logger.level`` directly is missed, as logging's
+    own cache misses it.)
+    """
+
+    def __init__(self) -> None:
+        self._key = object()
+        self.arm()
+
+    def arm(self) -> None:
+        """Start watching from now. Arm *before* reading the levels, so that a change made
+        while they are read is seen next time rather than lost."""
+        cache = getattr(logging.root, "_cache", None)
+        if isinstance(cache, dict):
+            cache[self._key] = True
+
+    def changed(self) -> bool:
+        cache = getattr(logging.root, "_cache", None)
+        # Without the cache (a future logging), report a change every time: correct, slower.
+        return not isinstance(cache, dict) or self._key not in cache

@@ -62,29 +62,40 @@ class Dispatcher:
             self._contexts.clear()
 
     def dispatch(self, task_id: int | None, record: logging.LogRecord) -> None:
-        """Handle one record in its submitter's context; never raises."""
+        """Handle one record in its submitter's context; never raises.
+
+        Whatever the parent's filters and handlers raise is reported through
+        ``handleError``, as logging reports it in-process, and the next record is handled
+        normally.
+        """
         context = self._contexts.get(task_id) if task_id is not None else None
-        if context is None:
-            self._deliver(record)
-        else:
-            context.run(self._deliver, record)
+        try:
+            if context is None:
+                self._deliver(record)
+            else:
+                context.run(self._deliver, record)
+        except Exception:
+            # A logger filter, or a custom Logger class, that raised: in-process the log
+            # call would have raised; here nobody waits for it, so report it as logging
+            # reports a failing handler.
+            self._error_reporter.handleError(record)
 
     def _deliver(self, record: logging.LogRecord) -> None:
-        handlers = self._handlers
-        if handlers is not None:
-            _call_handlers(handlers, record)
-            return
         entry = self._loggers.get(record.name)
         if entry is None:
             entry = self._logger_for(record.name)
         logger, standard = entry
-        if standard:
-            _handle(logger, record)
+        # The parent's levels now decide, as they would for a call made here: the worker
+        # filtered with the levels it last received, which may be older.
+        if not logger.isEnabledFor(record.levelno):
             return
-        try:
+        handlers = self._handlers
+        if handlers is not None:
+            _call_handlers(handlers, record)
+        elif standard:
+            handle_safely(logger, record)
+        else:
             logger.handle(record)  # a custom Logger class: its own rules apply
-        except Exception:
-            self._error_reporter.handleError(record)
 
     def _logger_for(self, name: str) -> tuple[logging.Logger, bool]:
         # A worker's root logger is named "root"; map it to the parent's root explicitly.
@@ -100,12 +111,13 @@ _STANDARD_HANDLE = logging.Logger.handle
 _STANDARD_CALL_HANDLERS = logging.Logger.callHandlers
 
 
-def _handle(logger: logging.Logger, record: logging.LogRecord) -> None:
+def handle_safely(logger: logging.Logger, record: logging.LogRecord) -> None:
     """``Logger.handle`` as documented, except that one failing handler cannot stop the rest.
 
     Do not change this back to ``logger.handle(record)``: there, a handler whose ``emit``
     raises (instead of calling ``handleError``) aborts the walk, and every handler after it,
-    on this logger and its parents, silently misses the record.
+    on this logger and its parents, silently misses the record. A logger filter that raises
+    propagates, as it does from ``Logger.handle``.
     """
     if logger.disabled:
         return

@@ -33,14 +33,22 @@ Lifecycle: ``__init__`` fixes the initializer and its arguments, as the stdlib r
 The socket is bound on ``__enter__`` or the first ``submit``, before any worker starts,
 and the listener thread is started then too, except under fork: there it starts right
 after the first ``submit`` has forked the workers, because forking while another thread
-runs can deadlock the child (3.12+ warns about it). ``shutdown`` joins the workers first
-and only then stops the listener, which reads every connection to its end.
+runs can deadlock the child (3.12+ warns about it).
+
+The listener's life follows the workers, not this object. Users drop executors without
+``shutdown()`` (``list(Executor().map(f, xs))``, ``del executor``, a function that returns
+only futures), and the stdlib still finishes the pending work, in its manager thread,
+which exits only once every worker has been joined. So the first ``submit`` starts a
+"logexec-lifecycle" thread that waits for the manager thread to end and then stops the
+listener, which reads every connection to its end. ``shutdown(wait=True)`` does the same
+on the caller's thread. Neither the listener nor that thread holds the executor.
 """
 
 from __future__ import annotations
 
 import contextvars
 import itertools
+import logging
 import multiprocessing
 import os
 import sys
@@ -54,7 +62,7 @@ from typing import Any, Callable, TypeVar
 
 from . import _compat, _context, _worker
 from ._dispatch import Dispatcher, check_handlers
-from ._listener import Listener
+from ._listener import Listener, report
 
 T = TypeVar("T")
 
@@ -117,8 +125,13 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         self._logexec_lock = threading.Lock()
         self._logexec_shutdown = False
         self._logexec_started = False
-        self._logexec_shutdown_thread: threading.Thread | None = None
+        # Whether a lifecycle thread watches the pool's manager thread (see the docstring).
+        self._logexec_watch = _Watch()
         self._logexec_task_ids = itertools.count()
+        # Levels changed in the parent after the workers started travel with later tasks.
+        self._logexec_level_watch = _compat.LevelWatch()
+        self._logexec_levels = _worker.current_levels()
+        self._logexec_levels_update: _worker.LevelsUpdate | None = None
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
             max_workers,
@@ -127,11 +140,9 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             (self._logexec_config, initializer, tuple(initargs)),
             **extra,
         )
-        # Dropped without shutdown(): stop the listener once the stdlib has let the workers
-        # go. The listener holds no reference back to the executor.
-        finalizer = weakref.finalize(self, _stop_in_background, self._logexec_listener)
-        # At interpreter exit the listener module's own exit hook drains instead.
-        finalizer.atexit = False
+        # Dropped before any submit: no worker ever ran and there is no manager thread to
+        # wait for, so stop the listener here. After a submit the lifecycle thread does it.
+        weakref.finalize(self, _stop_if_unwatched, self._logexec_listener, self._logexec_watch)
 
     def __enter__(self) -> LoggingProcessPoolExecutor:
         with self._logexec_lock:
@@ -146,6 +157,9 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             captured = _context.capture_values(self._logexec_variables)
             if not self._logexec_started:
                 self._start_channel()
+            if self._logexec_level_watch.changed():
+                self._check_levels()
+            levels = self._logexec_levels_update
             task_id = next(self._logexec_task_ids)
             context = contextvars.copy_context()
             # An empty context is what the listener thread has anyway: skip the bookkeeping.
@@ -154,7 +168,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
                 self._logexec_dispatcher.register(task_id, context)
         try:
             future: Future[T] = super().submit(
-                _worker.run_task, task_id, self._logexec_addresses, captured, fn, *args, **kwargs
+                _worker.run_task, task_id, self._logexec_addresses, captured, levels, fn, *args, **kwargs
             )
         except BaseException:
             if keep_context:
@@ -163,8 +177,10 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         finally:
             if self._logexec_forks:
                 # Under fork the first submit has just forked every worker; only now may
-                # our thread run (see the module docstring).
+                # our threads run (see the module docstring).
                 self._logexec_listener.start()
+            if not self._logexec_watch.started:
+                self._watch_workers()
         if keep_context:
             future.add_done_callback(_ForgetContext(self._logexec_dispatcher, task_id))
         return future
@@ -172,35 +188,79 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._logexec_lock:
             self._logexec_shutdown = True
-            thread = self._logexec_shutdown_thread
-            if thread is None and not wait:
-                thread = self._logexec_shutdown_thread = threading.Thread(
-                    target=self._finish_shutdown,
-                    args=(cancel_futures,),
-                    name="logexec-shutdown",
-                )
-                thread.start()
-                return
-        if thread is not None:
-            if wait and thread is not threading.current_thread():
-                thread.join()
-            return
-        self._finish_shutdown(cancel_futures)
-
-    def _finish_shutdown(self, cancel_futures: bool) -> None:
-        # Do not stop the listener before the workers are joined: a worker may still be
-        # writing, and a stopped listener would strand it. Joined workers mean every
-        # connection ends in EOF, which is what lets the listener finish without guessing.
-        try:
-            super().shutdown(wait=True, cancel_futures=cancel_futures)
-        finally:
-            self._logexec_listener.stop()
+        if wait and threading.current_thread() is self._logexec_listener.thread:
+            # A parent handler shutting the pool down while it handles a worker's record:
+            # waiting here would wait for the workers, which wait for this very thread.
+            wait = False
+        # The stdlib's own shutdown, exactly: from a done-callback on its manager thread
+        # with wait=True it raises, as the stdlib's does, and the pool goes on; the
+        # listener must go on with it, so it is stopped only after a shutdown that joined.
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait or not self._logexec_watch.started:
+            # Joined (or no worker ever ran): every record has reached the kernel; read it.
+            self._logexec_listener.stop(wait=wait)
 
     def _start_channel(self) -> None:
         self._logexec_config.address = self._logexec_listener.bind()
         if not self._logexec_forks:
             self._logexec_listener.start()
         self._logexec_started = True
+
+    def _check_levels(self) -> None:
+        """A level may have changed: if so, the next tasks carry the new levels."""
+        # Arm before reading, so that a change made meanwhile is seen next time.
+        self._logexec_level_watch.arm()
+        levels = _worker.current_levels()
+        if levels != self._logexec_levels:
+            self._logexec_levels = levels
+            version = self._logexec_levels_update[0] + 1 if self._logexec_levels_update else 1
+            self._logexec_levels_update = (version, levels)
+
+    def _watch_workers(self) -> None:
+        """Start the thread that stops the listener once the pool's workers have exited."""
+        with self._logexec_watch.lock:
+            if self._logexec_watch.started:
+                return
+            manager = _compat.manager_thread(self)
+            if manager is None:
+                return  # submit failed before the pool started; the next one tries again
+            # Not a daemon: at interpreter exit the stdlib finishes pending work and joins
+            # its manager threads, then the interpreter joins this one, which reads the
+            # last records before logging shuts down.
+            thread = threading.Thread(
+                target=_stop_after,
+                args=(manager, self._logexec_listener),
+                name="logexec-lifecycle",
+                daemon=False,
+            )
+            try:
+                thread.start()
+            except RuntimeError as error:
+                # No thread to be had: shutdown() still stops the listener, and a dropped
+                # executor's listener is drained at exit (_listener's atexit hook).
+                report(logging.WARNING, "logexec: could not start its lifecycle thread: %s", error)
+                return
+            self._logexec_watch.started = True
+
+
+class _Watch:
+    """Whether the lifecycle thread runs; shared with the finalizer, which cannot hold self."""
+
+    __slots__ = ("lock", "started")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started = False
+
+
+def _stop_after(manager: threading.Thread, listener: Listener) -> None:
+    manager.join()
+    listener.stop()
+
+
+def _stop_if_unwatched(listener: Listener, watch: _Watch) -> None:
+    if not watch.started:
+        listener.stop(wait=False)
 
 
 class _ForgetContext:
@@ -232,14 +292,6 @@ class _WakeManager:
     def __call__(self) -> bool:
         executor = self._executor()
         return executor is None or _compat.wake_executor_manager(executor)
-
-
-def _stop_in_background(listener: Listener) -> None:
-    if listener.stop_requested:
-        # The usual case: shutdown() already stopped it. Starting a thread here would make
-        # the next fork in this process warn about (and risk) a multi-threaded fork.
-        return
-    threading.Thread(target=listener.stop, name="logexec-listener-stop", daemon=True).start()
 
 
 def _check_max_workers(max_workers: object) -> None:

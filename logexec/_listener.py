@@ -1,7 +1,8 @@
 """The parent side of the channel: one thread that reads every worker's connection.
 
-The listener owns an ``AF_UNIX`` socket in a private (0700) temporary directory. Each
-worker connects once, proves it knows the executor's random key (challenge and HMAC
+The listener owns an ``AF_UNIX`` socket in a private (0700) temporary directory (or, where
+that path would be too long for ``AF_UNIX``, a random name in Linux's abstract namespace).
+Each worker connects once, proves it knows the executor's random key (challenge and HMAC
 answer), and from then on writes frames (see ``_transport``), either on the connection or
 into a shared-memory ring it handed over with its hello (see ``_ring``). The thread waits on
 all connections at once, reads the rings, and handles records in the order each worker
@@ -25,6 +26,33 @@ Why one connection per worker rather than one shared ``multiprocessing.Queue``:
 Here a killed worker is only an EOF on its own connection, a cut-off frame is only at the
 end of that one worker's stream, and a full ring or socket blocks only the worker that
 filled it, which is the backpressure that bounds memory when the parent's handlers are slow.
+
+Failure handling: the listener is never the casualty
+----------------------------------------------------
+One thread serves every worker, so it is the one thing no failure may stop. Everything it
+calls is somebody else's code or somebody else's bytes: unpickling, rebuilding a record, the
+parent's filters and handlers, logexec's own reports, ``accept``, the rings. The invariant,
+held by the guards below and tested by injecting a failure into each of those calls in
+turn (``tests/test_listener.py``): **no exception raised by anything the listener calls,
+and no bytes a worker sends, end the thread before ``stop()``; a failure costs at most what
+it touched.**
+
+* A record that cannot be rebuilt is still delivered, with the parts that failed replaced by
+  a placeholder (``_transport.decode_record``); bytes that are no record at all are a
+  protocol error.
+* A connection that breaks the protocol (or whose handling fails unexpectedly) is closed and
+  reported once, naming the worker's pid; the worker is told why (``GOODBYE``), and its
+  later records go to its own stderr after a notice that says so.
+* A handler or filter that raises is reported through ``handleError`` as logging itself
+  would, and the next record is handled normally (``_dispatch``).
+* logexec's own reports go through the same fault-tolerant walk of the parent's handlers;
+  if even that fails they go to ``sys.stderr``.
+* An unexpected error in the loop itself is reported and the loop goes on.
+* Running out of descriptors: a worker whose ring the parent cannot take sends its frames on
+  its connection instead; a worker the parent cannot accept at all is refused with a reason
+  that its initializer raises (a clear ``BrokenProcessPool``), never left hanging.
+* Lifecycle: ``stop()`` reads every connection to its end within one overall deadline,
+  then reports what is still open (a process forked by a task), with pids, once.
 """
 
 from __future__ import annotations
@@ -32,12 +60,15 @@ from __future__ import annotations
 import array
 import atexit
 import contextlib
+import errno
 import hmac
 import logging
 import os
+import secrets
 import selectors
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -45,16 +76,28 @@ import weakref
 from collections.abc import Callable
 
 from . import _ring, _transport
-from ._dispatch import Dispatcher
+from ._dispatch import Dispatcher, handle_safely
 
 # Bytes asked of the kernel per read. Large reads carry many records per system call;
 # beyond this the gain is gone and the buffer only costs memory.
 READ_SIZE = 1 << 17
-# After the workers have exited, how long the final drain waits for a connection that is
-# still open (held by a process a task forked) before it gives up on it.
-DRAIN_GRACE_SECONDS = 2.0
+# After the workers have exited, how long in all the final drain waits for connections that
+# are still open (held by a process a task forked) before it closes them. One deadline for
+# the whole drain, not per event: a grandchild that keeps logging must not hold it forever.
+DRAIN_SECONDS = 2.0
+# How long a new connection may take to prove it holds the key. A real worker answers at
+# once; the deadline is generous for a loaded machine, and bounds what a peer that dribbles
+# its hello can hold.
+HANDSHAKE_SECONDS = 10.0
 # How soon to retry telling the pool that a worker's connection ended, when it was busy.
 WORKER_EXIT_RETRY_SECONDS = 0.05
+# Unexpected errors in a row on one connection before it is given up (its worker then
+# falls back to its stderr): one may be passing, one that repeats would repeat forever.
+CONNECTION_FAILURES_TOLERATED = 3
+# After an unexpected error in the loop itself, pause before going on (doubling up to the
+# maximum) so that an error that repeats cannot spin a core or flood the reports.
+LOOP_ERROR_FIRST_PAUSE = 0.01
+LOOP_ERROR_MAX_PAUSE = 1.0
 # See the module docstring. Polling costs the listener a wake-up per interval while records
 # flow; each wake-up it saves costs a worker a system call per record.
 POLL_SECONDS = 0.0005
@@ -70,9 +113,10 @@ BUSY_BYTES = 4096
 _PROMISE_NS = 10_000_000
 _RENEW_NS = 5_000_000
 _STAY_AWAKE_NS = int(STAY_AWAKE_SECONDS * 1e9)
-# Room for one descriptor in the ancillary data of a hello.
-_FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
-_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+# AF_UNIX paths are limited to 108 bytes on Linux and 104 on macOS, terminator included.
+_UNIX_PATH_LIMIT = 100
+_ABSTRACT_NAMESPACE = sys.platform.startswith("linux")
+_NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 _LOGGER = logging.getLogger("logexec")
 
@@ -80,13 +124,29 @@ _LOGGER = logging.getLogger("logexec")
 class _Connection:
     """One worker's connection and its receive buffer."""
 
-    __slots__ = ("buffer", "challenge", "fds", "filled", "pid", "ring", "socket", "view")
+    __slots__ = (
+        "accepted",
+        "buffer",
+        "challenge",
+        "closed",
+        "failures",
+        "fds",
+        "filled",
+        "pid",
+        "ring",
+        "socket",
+        "view",
+    )
 
     def __init__(self, sock: socket.socket, challenge: bytes) -> None:
         self.socket = sock
         self.challenge = challenge
+        self.accepted = time.monotonic()
         # 0 until the peer has authenticated.
         self.pid = 0
+        self.closed = False
+        # Unexpected errors in a row while handling this connection (see _on_ready).
+        self.failures = 0
         # Received bytes not yet handled: view[:filled]. The buffer is reused for every
         # read (recv_into), because allocating a fresh large bytes object per recv costs
         # more than handling the records in it.
@@ -105,6 +165,9 @@ class _Connection:
         self.view = memoryview(self.buffer)
         self.view[: len(pending)] = pending
 
+    def describe(self) -> str:
+        return f"worker {self.pid}" if self.pid else "an unauthenticated peer"
+
 
 _ACCEPT = "accept"
 _WAKE = "wake"
@@ -122,10 +185,17 @@ class Listener:
         self._on_worker_exit = on_worker_exit
         self._worker_exit_pending = False
         self._lock = threading.Lock()
+        # The process that owns the socket. A process forked from it (a fork worker, or a
+        # child of a task) inherits this object and must never stop, drain or delete it.
+        self._pid = os.getpid()
         self._directory: str | None = None
         self._server: socket.socket | None = None
         self._wake_reader: socket.socket | None = None
         self._wake_writer: socket.socket | None = None
+        # Held open so that, out of descriptors, the listener can still accept a worker and
+        # tell it why it is refused instead of leaving it waiting (see _accept).
+        self._reserve_fd: int | None = None
+        self._accept_paused_until = 0.0
         self._thread: threading.Thread | None = None
         self._connections: list[_Connection] = []
         # The connections whose frames come through a ring.
@@ -135,7 +205,10 @@ class Listener:
         # Frames handled in the current pass over the rings.
         self._pass_records = 0
         self._pass_barriers = 0
+        self._loop_pause = LOOP_ERROR_FIRST_PAUSE
+        self._told_descriptors = False
         self._stopping = False
+        self._stopped = threading.Event()
         self._closed = False
         self.address = ""
 
@@ -144,107 +217,189 @@ class Listener:
     def bind(self) -> str:
         """Create the socket workers connect to; idempotent. Returns its address."""
         with self._lock:
-            if self._closed:
+            if self._closed or self._stopping:
                 raise RuntimeError("the log listener was already stopped; create a new executor")
             if self._server is None:
-                # mkdtemp makes the directory 0700: only this user can reach the socket.
-                directory = tempfile.mkdtemp(prefix="logexec-")
-                address = os.path.join(directory, "listener")
+                directory, address = _new_address()
                 server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
                     server.bind(address)
                     server.listen(socket.SOMAXCONN)
                     server.setblocking(False)
+                    self._wake_reader, self._wake_writer = socket.socketpair()
                 except BaseException:
                     server.close()
-                    shutil.rmtree(directory, ignore_errors=True)
+                    if directory is not None:
+                        shutil.rmtree(directory, ignore_errors=True)
                     raise
-                self._wake_reader, self._wake_writer = socket.socketpair()
+                self._reserve_fd = _open_reserve()
                 self._directory, self._server, self.address = directory, server, address
                 _live_listeners.add(self)
             return self.address
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._stopping or self._closed
-
     def start(self) -> None:
-        """Start the listener thread; idempotent."""
+        """Start the listener thread; idempotent.
+
+        Raises ``RuntimeError`` if the thread cannot start (a thread limit, or interpreter
+        shutdown); the socket is then closed, so workers fail at once with a clear error
+        instead of waiting for an answer that would never come.
+        """
         if self._thread is not None:
             return  # the usual case, on every submit under fork: no lock needed
         with self._lock:
             if self._thread is not None or self._stopping or self._server is None:
                 return
-            self._thread = threading.Thread(target=self._run, name="logexec-listener", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="logexec-listener", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as error:
+                failure: RuntimeError | None = error
+            else:
+                failure = None
+                self._thread = thread
+        if failure is not None:
+            self.stop()
+            raise RuntimeError(
+                f"logexec could not start its log listener thread ({failure}); the pool's "
+                "workers cannot report their records and will fail to start"
+            ) from failure
 
-    def stop(self) -> None:
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The listener thread, once started."""
+        return self._thread
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until the listener has finished (every record read, everything closed)."""
+        return self._stopped.wait(timeout)
+
+    def stop(self, wait: bool = True) -> None:
         """Handle everything the workers wrote, then stop. Call after the workers exited.
 
-        Every connection is read to its end, so no record that reached the kernel is left
-        behind. Idempotent and safe from any thread.
+        Every connection is read to its end (within ``DRAIN_SECONDS`` in all for those that
+        stay open), so no record that reached the kernel is left behind. Idempotent and safe
+        from any thread, including the listener's own (a parent handler may shut the
+        executor down): there, and with ``wait=False``, it only asks the thread to finish.
         """
+        if os.getpid() != self._pid:
+            return  # an inherited copy in a forked child: the parent's to stop
         with self._lock:
             self._stopping = True
             thread = self._thread
-            run_here = thread is None and self._server is not None and not self._closed
+            run_here = thread is None and not self._closed
             if run_here:
-                # Never started (a fork pool that was entered but never used, say): drain
-                # what may be in the backlog on this thread instead.
+                # Never started (a fork pool that was entered but never used, or a thread
+                # that could not start): finish on this thread; no worker ever connected.
                 self._thread = threading.current_thread()
-        if self._wake_writer is not None:
-            with contextlib.suppress(OSError):
-                self._wake_writer.send(b"\0")
         if run_here:
             self._run()
-        elif thread is not None and thread is not threading.current_thread():
-            thread.join()
+            return
+        self._wake()
+        if wait and thread is not None and thread is not threading.current_thread():
+            self._stopped.wait()
+
+    def _wake(self) -> None:
+        writer = self._wake_writer
+        if writer is not None:
+            with contextlib.suppress(OSError, ValueError):
+                writer.send(b"\0")
 
     # The thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        selector = selectors.DefaultSelector()
-        assert self._server is not None and self._wake_reader is not None
-        selector.register(self._server, selectors.EVENT_READ, _ACCEPT)
-        selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
+        selector: selectors.BaseSelector | None = None
         try:
-            last_record = 0
-            while not self._stopping:
-                self._pass_records = self._pass_barriers = 0
-                moved = self._read_rings(selector)
-                now = time.monotonic_ns()
-                timeout: float | None
-                if moved and self._pass_records > POLL_RECORDS_PER_BARRIER * self._pass_barriers:
-                    last_record = now
-                    self._renew_promise(now)
-                    # A good batch means the workers keep up with us: read on at once, or
-                    # we sit idle while they wait. A small one: let the next batch gather.
-                    timeout = 0.0 if moved >= BUSY_BYTES else POLL_SECONDS
-                elif not moved and self._promised and now - last_record < _STAY_AWAKE_NS:
-                    self._renew_promise(now)
-                    timeout = POLL_SECONDS
-                else:
-                    # Nothing flows, or the records come a few per task and each task's
-                    # barrier wakes us anyway: polling would only add empty looks.
-                    timeout = self._sleep_timeout(selector)
-                    if timeout == 0.0:
-                        continue  # a frame came in while the rings were being marked asleep
-                if self._worker_exit_pending:
-                    # A worker-exit notice that could not be delivered yet (see
-                    # _compat.wake_executor_manager) makes us come back.
-                    timeout = (
-                        WORKER_EXIT_RETRY_SECONDS
-                        if timeout is None
-                        else min(timeout, WORKER_EXIT_RETRY_SECONDS)
-                    )
-                events = selector.select(timeout)
-                for key, _ in events:
-                    self._on_ready(selector, key.data)
-                if self._worker_exit_pending:
-                    self._notify_worker_exit()
-            self._drain(selector)
+            if self._server is not None and self._wake_reader is not None:
+                selector = selectors.DefaultSelector()
+                selector.register(self._server, selectors.EVENT_READ, _ACCEPT)
+                selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
+                last_record = 0
+                while not self._stopping:
+                    try:
+                        last_record = self._serve_once(selector, last_record)
+                        self._loop_pause = LOOP_ERROR_FIRST_PAUSE
+                    except BaseException as error:  # see "Failure handling" above
+                        self._loop_failed("serving the workers", error)
+                self._drain(selector)
+        except BaseException as error:
+            self._loop_failed("draining the workers' connections", error)
         finally:
             self._close(selector)
+
+    def _serve_once(self, selector: selectors.BaseSelector, last_record: int) -> int:
+        """One pass: read the rings, wait for what comes next, handle it."""
+        self._pass_records = self._pass_barriers = 0
+        moved = self._read_rings(selector)
+        now = time.monotonic_ns()
+        timeout: float | None
+        if moved and self._pass_records > POLL_RECORDS_PER_BARRIER * self._pass_barriers:
+            last_record = now
+            self._renew_promise(now)
+            # A good batch means the workers keep up with us: read on at once, or we sit
+            # idle while they wait. A small one: let the next batch gather.
+            timeout = 0.0 if moved >= BUSY_BYTES else POLL_SECONDS
+        elif not moved and self._promised and now - last_record < _STAY_AWAKE_NS:
+            self._renew_promise(now)
+            timeout = POLL_SECONDS
+        else:
+            # Nothing flows, or the records come a few per task and each task's barrier
+            # wakes us anyway: polling would only add empty looks.
+            timeout = self._sleep_timeout(selector)
+            if timeout == 0.0:
+                return last_record  # a frame came in while the rings were being marked asleep
+        timeout = self._bound_timeout(selector, timeout)
+        for key, _ in selector.select(timeout):
+            self._on_ready(selector, key.data)
+        if self._worker_exit_pending:
+            self._notify_worker_exit()
+        return last_record
+
+    def _bound_timeout(self, selector: selectors.BaseSelector, timeout: float | None) -> float | None:
+        """Shorten a wait for the things that need a look at a set time."""
+        deadlines = []
+        if self._worker_exit_pending:
+            # A worker-exit notice that could not be delivered yet (see
+            # _compat.wake_executor_manager) makes us come back.
+            deadlines.append(WORKER_EXIT_RETRY_SECONDS)
+        if self._accept_paused_until:
+            remaining = self._accept_paused_until - time.monotonic()
+            if remaining <= 0:
+                self._resume_accepting(selector)
+            else:
+                deadlines.append(remaining)
+        if any(not connection.pid for connection in self._connections):
+            deadlines.append(self._expire_handshakes(selector))
+        if not deadlines:
+            return timeout
+        soonest = max(0.0, min(deadlines))
+        return soonest if timeout is None else min(timeout, soonest)
+
+    def _expire_handshakes(self, selector: selectors.BaseSelector) -> float:
+        """Close connections past the handshake deadline; return the time to the next one."""
+        now = time.monotonic()
+        soonest = HANDSHAKE_SECONDS
+        for connection in list(self._connections):
+            if connection.pid:
+                continue
+            remaining = connection.accepted + HANDSHAKE_SECONDS - now
+            if remaining <= 0:
+                self._report(
+                    logging.WARNING,
+                    "logexec: closed a connection to the log listener that did not complete the "
+                    "handshake within %.0f s (only the executor's own workers hold the key)",
+                    HANDSHAKE_SECONDS,
+                )
+                self._forget(selector, connection)
+            else:
+                soonest = min(soonest, remaining)
+        return soonest
+
+    def _loop_failed(self, what: str, error: BaseException) -> None:
+        """Report an unexpected error of the loop itself; pause a little; go on."""
+        self._report_error(f"logexec: an unexpected error in the log listener while {what}", error)
+        # Back off so that an error that repeats every pass cannot spin.
+        time.sleep(self._loop_pause)
+        self._loop_pause = min(self._loop_pause * 2, LOOP_ERROR_MAX_PAUSE)
 
     def _sleep_timeout(self, selector: selectors.BaseSelector) -> float | None:
         """Mark every ring asleep, then look once more; 0.0 means a frame came meanwhile."""
@@ -265,8 +420,8 @@ class Listener:
     def _promise(self, deadline_ns: int) -> None:
         self._promised = deadline_ns
         for connection in self._rings:
-            assert connection.ring is not None
-            connection.ring.set_awake_until(deadline_ns)
+            if connection.ring is not None:
+                connection.ring.set_awake_until(deadline_ns)
 
     def _read_rings(self, selector: selectors.BaseSelector) -> int:
         """Handle what every ring holds, one buffer each; return the most bytes one held."""
@@ -277,75 +432,146 @@ class Listener:
 
     def _read_ring(self, selector: selectors.BaseSelector, connection: _Connection) -> int:
         ring = connection.ring
-        assert ring is not None
+        if ring is None or connection.closed:
+            return 0
         filled = connection.filled
         try:
             received = ring.read_into(connection.view[filled:])
+            if received:
+                self._handle_frames(selector, connection, filled + received, 0)
         except _ring.RingError as error:
-            self._protocol_error(selector, connection, str(error))
+            self._fail(selector, connection, f"its shared-memory ring broke the protocol: {error}")
             return 0
-        if received:
-            self._handle_frames(selector, connection, filled + received, 0)
+        except BaseException as error:  # see "Failure handling" above
+            self._connection_failed(selector, connection, "reading its ring", error)
+            return 0
+        connection.failures = 0
         return received
 
     def _drain(self, selector: selectors.BaseSelector) -> None:
-        # The workers have exited, so every connection ends with EOF once read to the end.
+        """Read every connection to its end, within one overall deadline."""
+        deadline = time.monotonic() + DRAIN_SECONDS
         # Connections still in the backlog are accepted first: a worker may have connected
         # and logged without ever being accepted.
-        self._accept(selector)
+        self._guarded_accept(selector)
         while self._connections:
-            events = selector.select(timeout=DRAIN_GRACE_SECONDS)
-            if not events:
-                pids = sorted(connection.pid for connection in self._connections)
-                _LOGGER.warning(
-                    "logexec: %d connection(s) to the log listener were still open %.1f s after "
-                    "the workers exited (pids %s; a process forked by a task may still hold "
-                    "them); closing them, and records written to them later are lost",
-                    len(pids),
-                    DRAIN_GRACE_SECONDS,
-                    pids,
-                )
-                return
-            for key, _ in events:
-                self._on_ready(selector, key.data)
-            self._read_rings(selector)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                # Rings are looked at between waits; a short wait while any is held.
+                events = selector.select(min(remaining, 0.01) if self._rings else remaining)
+                ready = set()
+                for key, _ in events:
+                    ready.add(key.data)
+                    self._on_ready(selector, key.data)
+                self._read_rings(selector)
+                # The workers have exited, so a real worker's hello is already here. A peer
+                # that has not authenticated and has nothing to say is not one of them.
+                for connection in list(self._connections):
+                    if not connection.pid and connection not in ready:
+                        self._forget(selector, connection)
+            except BaseException as error:
+                self._loop_failed("draining the workers' connections", error)
+        if self._connections:
+            self._give_up_on_open_connections(selector)
 
-    def _close(self, selector: selectors.BaseSelector) -> None:
+    def _give_up_on_open_connections(self, selector: selectors.BaseSelector) -> None:
+        # Take what they have already written, without waiting for more, then close them.
+        for connection in list(self._connections):
+            if connection.ring is not None:
+                # Asleep: the process's next write tries to wake us, fails, and it learns.
+                with contextlib.suppress(BaseException):
+                    connection.ring.set_awake_until(0)
+            with contextlib.suppress(BaseException):
+                connection.socket.setblocking(False)
+                for _ in range(64):
+                    if connection.closed:
+                        break
+                    before = connection.filled
+                    self._read(selector, connection)
+                    if connection.closed or connection.filled == before:
+                        break
+            with contextlib.suppress(BaseException):
+                self._read_ring(selector, connection)
+        pids = sorted(connection.pid for connection in self._connections if connection.pid)
+        if pids:
+            self._report(
+                logging.WARNING,
+                "logexec: %d connection(s) to the log listener were still open %.1f s after the "
+                "workers exited (pids %s; a process forked by a task may still hold them); "
+                "closed them: their later records go to those processes' stderr",
+                len(pids),
+                DRAIN_SECONDS,
+                pids,
+            )
+
+    def _close(self, selector: selectors.BaseSelector | None) -> None:
         with self._lock:
             self._closed = True
-        for connection in list(self._connections):
-            self._release(connection)
-        self._connections.clear()
-        self._rings.clear()
-        selector.close()
-        for sock in (self._server, self._wake_reader, self._wake_writer):
-            if sock is not None:
-                sock.close()
-        if self._directory is not None:
-            shutil.rmtree(self._directory, ignore_errors=True)
-        self._dispatcher.forget_all()
-        _live_listeners.discard(self)
+        try:
+            for connection in list(self._connections):
+                with contextlib.suppress(BaseException):
+                    self._release(connection)
+            self._connections.clear()
+            self._rings.clear()
+            if selector is not None:
+                with contextlib.suppress(BaseException):
+                    selector.close()
+            for sock in (self._server, self._wake_reader, self._wake_writer):
+                if sock is not None:
+                    with contextlib.suppress(BaseException):
+                        sock.close()
+            if self._reserve_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._reserve_fd)
+                self._reserve_fd = None
+            if self._directory is not None:
+                shutil.rmtree(self._directory, ignore_errors=True)
+            self._dispatcher.forget_all()
+            _live_listeners.discard(self)
+        finally:
+            self._stopped.set()
 
     def _on_ready(self, selector: selectors.BaseSelector, data: object) -> None:
         if isinstance(data, _Connection):
-            self._read(selector, data)
+            if data.closed:
+                return
+            try:
+                self._read(selector, data)
+            except BaseException as error:  # see "Failure handling" above
+                self._connection_failed(selector, data, "reading it", error)
+            else:
+                data.failures = 0
         elif data is _ACCEPT:
+            self._guarded_accept(selector)
+        elif self._wake_reader is not None:
+            with contextlib.suppress(OSError):
+                self._wake_reader.recv(64)
+
+    def _guarded_accept(self, selector: selectors.BaseSelector) -> None:
+        try:
             self._accept(selector)
-        else:
-            assert self._wake_reader is not None
-            self._wake_reader.recv(64)
+        except BaseException as error:
+            self._report_error("logexec: the log listener could not accept a connection", error)
 
     def _accept(self, selector: selectors.BaseSelector) -> None:
-        assert self._server is not None
+        if self._server is None or self._accept_paused_until:
+            return
         while True:
             try:
                 sock, _ = self._server.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError as error:
+                if error.errno not in _NO_DESCRIPTORS:
+                    raise
+                self._refuse_for_descriptors(selector, error)
+                return
             sock.setblocking(True)
             challenge = os.urandom(_transport.CHALLENGE_SIZE)
             try:
-                sock.sendall(challenge)
+                sock.sendall(_transport.GREETING + challenge)
             except OSError:
                 sock.close()
                 continue
@@ -353,11 +579,50 @@ class Listener:
             self._connections.append(connection)
             selector.register(sock, selectors.EVENT_READ, connection)
 
+    def _refuse_for_descriptors(self, selector: selectors.BaseSelector, error: OSError) -> None:
+        """Out of descriptors: tell the waiting worker why, rather than leave it hanging."""
+        if not self._told_descriptors:
+            self._told_descriptors = True
+            self._report(
+                logging.ERROR,
+                "logexec: this process has run out of file descriptors (%s), so a worker could "
+                "not connect to the log listener and fails to start; each worker needs one "
+                "descriptor here: raise the limit (ulimit -n) or use fewer workers",
+                error.strerror,
+            )
+        if self._reserve_fd is not None and self._server is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
+            try:
+                sock, _ = self._server.accept()
+            except OSError:
+                pass
+            else:
+                with contextlib.suppress(OSError):
+                    reason = f"the parent process has run out of file descriptors ({error.strerror})"
+                    sock.send(_transport.REFUSED + reason.encode())
+                sock.close()
+            self._reserve_fd = _open_reserve()
+            return
+        # No reserve to spend: stop looking at the backlog for a moment rather than spin.
+        self._accept_paused_until = time.monotonic() + 0.1
+        if self._server is not None:
+            selector.unregister(self._server)
+
+    def _resume_accepting(self, selector: selectors.BaseSelector) -> None:
+        self._accept_paused_until = 0.0
+        if self._reserve_fd is None:
+            self._reserve_fd = _open_reserve()
+        if self._server is not None:
+            selector.register(self._server, selectors.EVENT_READ, _ACCEPT)
+
     def _read(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
         if connection.ring is not None:
             # Only wake-ups arrive here; the frames are in the ring.
             try:
                 woken = connection.socket.recv(4096)
+            except BlockingIOError:
+                return
             except OSError:
                 woken = b""
             if not woken:
@@ -370,6 +635,8 @@ class Listener:
                 received = connection.socket.recv_into(view[filled:])
             else:
                 received = self._receive_hello(connection, view[filled:])
+        except BlockingIOError:
+            return
         except OSError:
             received = 0
         if not received:
@@ -415,14 +682,22 @@ class Listener:
                 needed = stop - position
                 break
             if kind == _transport.KIND_RECORD:
-                task_id, record = decode(view[start:stop])
-                dispatch(task_id, record)
+                try:
+                    task_id, record = decode(view[start:stop])
+                except BaseException as error:  # bytes that are no record (ProtocolError)
+                    # The frame's length was sound, so the stream is not: only this record
+                    # is lost, and a record saying so takes its place.
+                    task_id, record = None, _stand_in(connection, error)
+                try:
+                    dispatch(task_id, record)
+                except BaseException as error:  # dispatch reports its own; this is a last resort
+                    self._report_error("logexec: a worker record could not be handled", error)
                 records += 1
             elif kind == _transport.KIND_BARRIER:
                 self._answer_barrier(connection)
                 barriers += 1
             else:
-                self._protocol_error(selector, connection, f"unknown frame kind {kind}")
+                self._fail(selector, connection, f"it sent a frame of unknown kind {kind}")
                 return
             position = stop
         self._pass_records += records
@@ -449,38 +724,62 @@ class Listener:
         if not hmac.compare_digest(proof, expected):
             self._refuse(selector, connection)
             return 0
-        connection.pid, via = _transport.HELLO_TAIL.unpack_from(view, _transport.DIGEST_SIZE)
+        pid, via = _transport.HELLO_TAIL.unpack_from(view, _transport.DIGEST_SIZE)
+        connection.pid = pid or -1  # never 0 once authenticated
         fds, connection.fds = connection.fds, []
+        answer = _transport.USE_CONNECTION
         if via == _transport.VIA_RING:
-            problem = self._attach_ring(connection, fds)
+            problem, use_ring = self._attach_ring(connection, fds)
+            if use_ring:
+                answer = _transport.USE_RING
         else:
             _close_fds(fds)
-            problem = (
-                ""
-                if via == _transport.VIA_CONNECTION and not fds
-                else f"unknown transport {via} in its hello"
-            )
+            problem = "" if via == _transport.VIA_CONNECTION and not fds else f"unknown transport {via}"
         if problem:
-            self._protocol_error(selector, connection, problem)
+            self._fail(selector, connection, f"its hello was refused: {problem}")
+            return 0
+        try:
+            connection.socket.sendall(answer)
+        except OSError:
+            self._hang_up(selector, connection)  # it died before it heard the answer
             return 0
         return _transport.HELLO_SIZE
 
-    def _attach_ring(self, connection: _Connection, fds: list[int]) -> str:
-        """Map the ring that came with a hello; return what is wrong with it, or ""."""
+    def _attach_ring(self, connection: _Connection, fds: list[int]) -> tuple[str, bool]:
+        """Map the ring that came with a hello: (what is wrong with it, whether it is used).
+
+        No descriptor at all is what a parent out of descriptors sees (the kernel drops it),
+        and a mapping can fail for want of memory: the worker then uses its connection.
+        """
         try:
+            if not fds:
+                self._tell_short_of_descriptors(connection, "its ring's descriptor could not be received")
+                return "", False
             if len(fds) != 1:
-                return f"a ring hello came with {len(fds)} descriptors"
+                return f"a ring hello came with {len(fds)} descriptors", False
             try:
                 ring = _ring.RingReader(fds[0])
-            except (OSError, ValueError, _ring.RingError) as error:
-                return f"its shared-memory ring is unusable: {error}"
+            except _ring.RingError as error:
+                return f"its shared-memory ring is unusable: {error}", False
+            except (OSError, ValueError) as error:
+                self._tell_short_of_descriptors(connection, f"its ring could not be mapped ({error})")
+                return "", False
         finally:
-            # The mapping stays. Closed before any hang-up: the peer may look at once.
+            # Closed before any answer or hang-up: the peer may look at once. The mapping
+            # holds no descriptor (see _ring._SharedMapping).
             _close_fds(fds)
         connection.ring = ring
         ring.set_awake_until(self._promised)
         self._rings.append(connection)
-        return ""
+        return "", True
+
+    def _tell_short_of_descriptors(self, connection: _Connection, what: str) -> None:
+        self._report(
+            logging.WARNING,
+            "logexec: %s: %s; it sends its records through its connection instead (slower, nothing lost)",
+            connection.describe(),
+            what,
+        )
 
     def _notify_worker_exit(self) -> None:
         if self._on_worker_exit is None:
@@ -488,9 +787,9 @@ class Listener:
             return
         try:
             self._worker_exit_pending = not self._on_worker_exit()
-        except Exception:
+        except BaseException as error:
             self._worker_exit_pending = False
-            _LOGGER.exception("logexec: the worker-exit callback failed")
+            self._report_error("logexec: the worker-exit callback failed", error)
 
     def _answer_barrier(self, connection: _Connection) -> None:
         try:
@@ -501,9 +800,9 @@ class Listener:
     def _hang_up(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
         if connection.ring is not None:
             # The worker is gone; what it published is still in the ring.
-            while connection in self._rings and self._read_ring(selector, connection):
+            while not connection.closed and self._read_ring(selector, connection):
                 pass
-            if connection not in self._connections:
+            if connection.closed:
                 return  # closed for a protocol error while draining
         if connection.pid:
             self._worker_exit_pending = True
@@ -514,7 +813,8 @@ class Listener:
             needed = _transport.HEADER_SIZE
             if connection.filled >= needed:
                 needed += _transport.HEADER.unpack_from(connection.view, 0)[0]
-            _LOGGER.warning(
+            self._report(
+                logging.WARNING,
                 "logexec: worker %d exited in the middle of sending a record; the incomplete "
                 "record (%d of %d bytes) was discarded",
                 connection.pid,
@@ -524,27 +824,64 @@ class Listener:
         self._forget(selector, connection)
 
     def _refuse(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        _LOGGER.warning(
+        self._report(
+            logging.WARNING,
             "logexec: refused a connection to the log listener that failed authentication "
-            "(only the executor's own workers hold the key)"
+            "(only the executor's own workers hold the key)",
         )
         self._forget(selector, connection)
 
-    def _protocol_error(
-        self, selector: selectors.BaseSelector, connection: _Connection, problem: str
-    ) -> None:
-        _LOGGER.error("logexec: closed the connection of worker %d: %s", connection.pid, problem)
+    def _fail(self, selector: selectors.BaseSelector, connection: _Connection, problem: str) -> None:
+        """Close one connection that broke the protocol; report it once; tell the worker."""
+        if connection.closed:
+            return
+        self._report(
+            logging.ERROR,
+            "logexec: closed the connection of %s: %s; its later records go to its stderr",
+            connection.describe(),
+            problem,
+        )
+        if connection.ring is not None:
+            # Asleep: the worker's next write tries to wake us, fails, and it learns.
+            with contextlib.suppress(BaseException):
+                connection.ring.set_awake_until(0)
+        if connection.pid:
+            with contextlib.suppress(BaseException):
+                connection.socket.setblocking(False)
+                connection.socket.send(_transport.GOODBYE + problem.encode("utf-8", "replace")[:1024])
         self._forget(selector, connection)
 
+    def _connection_failed(
+        self, selector: selectors.BaseSelector, connection: _Connection, what: str, error: BaseException
+    ) -> None:
+        """An unexpected error while handling one connection: report it, try again later;
+        give the connection up only if it keeps failing."""
+        connection.failures += 1
+        if connection.failures >= CONNECTION_FAILURES_TOLERATED:
+            self._fail(
+                selector,
+                connection,
+                f"{connection.failures} unexpected errors in a row while {what}, the last {_describe(error)}",
+            )
+        else:
+            self._report_error(
+                f"logexec: an unexpected error while {what} ({connection.describe()}); the listener goes on",
+                error,
+            )
+
     def _forget(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        selector.unregister(connection.socket)
-        self._release(connection)
-        self._connections.remove(connection)
-        if connection in self._rings:
+        connection.closed = True
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(connection.socket)
+        with contextlib.suppress(ValueError):
+            self._connections.remove(connection)
+        with contextlib.suppress(ValueError):
             self._rings.remove(connection)
+        self._release(connection)
 
     def _release(self, connection: _Connection) -> None:
         # The socket last: a peer that sees us hang up finds everything else let go.
+        connection.closed = True
         _close_fds(connection.fds)
         connection.fds = []
         if connection.ring is not None:
@@ -553,12 +890,120 @@ class Listener:
         connection.view.release()
         connection.socket.close()
 
+    # Reports ---------------------------------------------------------------------------
+
+    def _report(self, level: int, message: str, *args: object) -> None:
+        """logexec's own reports: through the parent's logging, and never raising."""
+        report(level, message, *args)
+
+    def _report_error(self, message: str, error: BaseException) -> None:
+        report(logging.ERROR, "%s: %s", message, _describe(error), exc_info=error)
+
+    def abandon_in_child(self) -> None:
+        """In a forked child: close this process's copies of the parent's sockets.
+
+        Only descriptors: nothing on disk, nothing the parent sees. Without this a fork
+        worker would keep the parent's ends of other workers' connections open, and a
+        connection the parent closes would never reach EOF for its worker.
+        """
+        for sock in (self._server, self._wake_reader, self._wake_writer):
+            if sock is not None:
+                with contextlib.suppress(BaseException):
+                    sock.close()
+        for connection in list(self._connections):
+            with contextlib.suppress(BaseException):
+                connection.socket.close()
+        if self._reserve_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._reserve_fd)
+
+
+def report(level: int, message: str, *args: object, exc_info: BaseException | None = None) -> None:
+    """Log one of logexec's own reports on the "logexec" logger; never raises.
+
+    The parent's handlers are walked as ``_dispatch`` walks them for worker records, so one
+    failing handler cannot hide the report from the others; should even that fail, the
+    report goes to ``sys.stderr``.
+    """
+    try:
+        if not _LOGGER.isEnabledFor(level):
+            return
+        info = (type(exc_info), exc_info, exc_info.__traceback__) if exc_info is not None else None
+        record = _LOGGER.makeRecord(_LOGGER.name, level, __file__, 0, message, args, info)
+        handle_safely(_LOGGER, record)
+    except BaseException as error:
+        with contextlib.suppress(BaseException):
+            try:
+                text = message % args
+            except Exception:
+                text = f"{message} {args!r}"
+            if sys.stderr is not None:
+                sys.stderr.write(f"{text} (and reporting it failed: {_describe(error)})\n")
+
+
+def _stand_in(connection: _Connection, error: BaseException) -> logging.LogRecord:
+    """The record dispatched in place of one that could not be decoded."""
+    return _LOGGER.makeRecord(
+        _LOGGER.name,
+        logging.ERROR,
+        __file__,
+        0,
+        "logexec: %s sent a record that could not be decoded (%s); this record stands in for it",
+        (connection.describe(), _describe(error)),
+        None,
+    )
+
+
+def _describe(error: BaseException) -> str:
+    try:
+        return f"{type(error).__name__}: {error}"
+    except Exception:
+        return type(error).__name__
+
+
+def _new_address() -> tuple[str | None, str]:
+    """A private directory and the socket's path in it, or (None, an abstract name).
+
+    ``mkdtemp`` makes the directory 0700: only this user can reach the socket. Where that
+    path is too long for ``AF_UNIX`` (a long ``TMPDIR``), Linux's abstract namespace needs no
+    path at all; it has no permissions, but no peer gets past the handshake without the key.
+    Elsewhere (macOS) a directory in ``/tmp`` is short enough.
+    """
+    directory = tempfile.mkdtemp(prefix="logexec-")
+    address = os.path.join(directory, "listener")
+    if len(os.fsencode(address)) < _UNIX_PATH_LIMIT:
+        return directory, address
+    shutil.rmtree(directory, ignore_errors=True)
+    if _ABSTRACT_NAMESPACE:
+        return None, f"\0logexec-{os.getpid()}-{secrets.token_hex(16)}"
+    directory = tempfile.mkdtemp(prefix="logexec-", dir="/tmp")
+    address = os.path.join(directory, "listener")
+    if len(os.fsencode(address)) < _UNIX_PATH_LIMIT:
+        return directory, address
+    shutil.rmtree(directory, ignore_errors=True)
+    raise OSError(
+        errno.ENAMETOOLONG,
+        f"logexec found no directory short enough for its AF_UNIX socket (tried the temporary "
+        f"directory {tempfile.gettempdir()!r} and /tmp); set TMPDIR to a shorter path",
+    )
+
+
+def _open_reserve() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
 
 def _close_fds(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
 
+
+# Room for one descriptor in the ancillary data of a hello.
+_FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
+_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 # Listeners not yet stopped. At interpreter exit the stdlib has joined its workers first
 # (its exit hook runs before atexit), so draining them here loses nothing.
@@ -569,3 +1014,15 @@ _live_listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
 def _stop_live_listeners() -> None:
     for listener in list(_live_listeners):
         listener.stop()
+
+
+def _forget_inherited_listeners() -> None:
+    # A forked child is not the listeners' owner: it must neither drain them at its exit
+    # (a task's child that calls sys.exit() would delete the parent's socket directory) nor
+    # hold the parent's descriptors.
+    for listener in list(_live_listeners):
+        listener.abandon_in_child()
+    _live_listeners.clear()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_listeners)

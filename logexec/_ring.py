@@ -36,13 +36,16 @@ position in the data is a counter modulo ``CAPACITY``.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import functools
 import mmap
 import os
 import platform
 import stat
+import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 # Bytes of frames a ring holds; a power of two. About 800 typical records: enough that a
 # worker rarely waits for a busy listener, small enough that the drain after a flood stays
@@ -79,7 +82,7 @@ def enabled() -> bool:
     )
 
 
-def _counters(mapping: mmap.mmap) -> memoryview:
+def _counters(mapping: mmap.mmap | memoryview) -> memoryview:
     # A native "Q" view: each item is read and written as one aligned 8-byte access.
     return memoryview(mapping)[:CONTROL_SIZE].cast("Q")
 
@@ -216,9 +219,9 @@ class RingReader:
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
             if not seals & fcntl.F_SEAL_SHRINK:
                 raise RingError("the shared-memory file is not sealed against shrinking")
-        self._mapping = mmap.mmap(fd, SIZE)
-        self._counters = _counters(self._mapping)
-        self._data = memoryview(self._mapping)[CONTROL_SIZE:]
+        self._mapping = _SharedMapping(fd)
+        self._counters = _counters(self._mapping.view)
+        self._data = self._mapping.view[CONTROL_SIZE:]
         self._start = 0
 
     def read_into(self, target: memoryview) -> int:
@@ -255,6 +258,67 @@ class RingReader:
         self._counters.release()
         self._data.release()
         self._mapping.close()
+
+
+class _SharedMapping:
+    """The parent's view of a worker's ring, holding no file descriptor.
+
+    ``mmap.mmap`` keeps a duplicate of the descriptor it maps for as long as the mapping
+    lives, which made each worker cost the parent two descriptors (its connection and its
+    ring's duplicate), twice what the stdlib pool costs. A mapping does not need its
+    descriptor once made, so map without keeping one: ``trackfd=False`` where ``mmap``
+    offers it (3.13+), and libc's ``mmap`` through ctypes before that. Only used on x86-64
+    Linux (see ``enabled``), where libc is always there.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._address = 0
+        self._mmap: mmap.mmap | None = None
+        if _TRACKFD:
+            self._mmap = mmap.mmap(fd, SIZE, trackfd=False)  # type: ignore[call-arg, unused-ignore]
+            self.view = memoryview(self._mmap)
+            return
+        libc_mmap, _ = _libc()
+        address = libc_mmap(None, SIZE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+        # MAP_FAILED is (void *) -1.
+        if address is None or address == ctypes.c_void_p(-1).value:
+            error = ctypes.get_errno()
+            raise OSError(error, f"mmap of the ring failed: {os.strerror(error)}")
+        self._address = address
+        self.view = memoryview((ctypes.c_ubyte * SIZE).from_address(address)).cast("B")
+
+    def close(self) -> None:
+        """Unmap. Every view taken from ``view`` must have been released first."""
+        self.view.release()
+        if self._mmap is not None:
+            self._mmap.close()
+        elif self._address:
+            # Do not unmap while a view is alive: that would leave a dangling pointer. The
+            # reader releases its views before it calls this.
+            _libc()[1](self._address, SIZE)
+            self._address = 0
+
+
+_TRACKFD = sys.version_info >= (3, 13)
+
+
+@functools.cache
+def _libc() -> tuple[Any, Any]:
+    """libc's ``mmap`` and ``munmap``, bound on first use (the ring is Linux-only)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc_mmap = libc.mmap
+    libc_mmap.restype = ctypes.c_void_p
+    libc_mmap.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    )
+    libc_munmap = libc.munmap
+    libc_munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    return libc_mmap, libc_munmap
 
 
 def _seal(fd: int) -> None:

@@ -39,6 +39,20 @@ VIA_CONNECTION = 0
 # what follows the hello on the connection is only wake-ups.
 VIA_RING = 1
 
+# The listener's side of the handshake. On accept it sends GREETING then the challenge, or
+# REFUSED then a reason (UTF-8, up to EOF) when it cannot serve the worker (out of
+# descriptors). After the hello it answers USE_RING (the ring was mapped) or USE_CONNECTION
+# (frames go on the connection: no ring was offered, or the parent could not take it).
+GREETING = b"\x01"
+REFUSED = b"\x15"
+USE_RING = b"\x02"
+USE_CONNECTION = b"\x03"
+# Sent instead of a barrier's answer, then a reason up to EOF, when the listener closes a
+# connection that broke the protocol: the worker can say what happened.
+GOODBYE = b"\x15"
+# The most of a refusal's or goodbye's reason that a worker reads.
+REASON_LIMIT = 4096
+
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 # The order of the fields on the wire. ``args`` and ``exc_info`` are always None there:

@@ -5,6 +5,10 @@ listener (see ``_listener``) and, where it can, a shared-memory ring beside it (
 ``_ring``). A log call encodes the record and, before it returns, either publishes it in
 the ring or writes it to the connection. Either way the frame is in kernel-owned memory
 that the parent holds too, so it survives the worker being killed a moment later.
+
+A log call never raises into the task and never loses its record: if the parent cannot be
+reached (it exited, or it closed this worker's connection for a reason it sends along), the
+record goes to this worker's stderr, after a one-time notice that says why.
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ from typing import Any, Callable
 
 from . import _compat, _context, _ring, _transport
 
+# The parent's levels: explicitly set logger levels by name ("" for root), and the level
+# given to logging.disable.
+Levels = tuple[dict[str, int], int]
+# Levels changed in the parent after the workers started: (version, levels). Sent with
+# every task submitted after a change, and applied once per version by each worker.
+LevelsUpdate = tuple[int, Levels]
+
 
 class WorkerConfig:
     """What a worker needs to reach its parent, and the parent's logging levels.
@@ -27,18 +38,26 @@ class WorkerConfig:
     starts. Levels are captured when the config is pickled, which for spawn and forkserver
     happens as each worker starts, so a worker mirrors the levels in force at its start.
     Under fork nothing is pickled and the worker inherits the parent's loggers as they are.
+    Levels changed later reach the workers with the tasks submitted after the change
+    (``LevelsUpdate``).
     """
 
-    def __init__(
-        self, key: bytes, address: str = "", levels: tuple[dict[str, int], int] | None = None
-    ) -> None:
+    def __init__(self, key: bytes, address: str = "", levels: Levels | None = None) -> None:
         self.key = key
         self.address = address
         self.levels = levels
 
     def __reduce__(self) -> tuple[Any, ...]:
-        levels = (_compat.explicit_levels(), _compat.disabled_level())
-        return (WorkerConfig, (self.key, self.address, levels))
+        return (WorkerConfig, (self.key, self.address, current_levels()))
+
+
+def current_levels() -> Levels:
+    """The parent's levels as a worker mirrors them."""
+    return (_compat.explicit_levels(), _compat.disabled_level())
+
+
+class ChannelClosed(ConnectionError):
+    """The parent cannot be reached: it exited, or its listener closed this connection."""
 
 
 class Channel:
@@ -52,18 +71,32 @@ class Channel:
         # The ring while it can be written without any check (not forked, not broken):
         # the one attribute the hot path looks at.
         self._ready_ring: _ring.RingWriter | None = None
-        # Set in a child forked from this worker (see _after_fork_in_child).
+        # Set in a child forked from this worker (see after_fork_in_child).
         self._forked = False
-        # One lock for the socket: a task's threads may log while its barrier is sent.
-        self._lock = threading.Lock()
+        # Serialises writers: a task's threads may log while its barrier is sent. Re-entrant
+        # because a signal handler that logs may interrupt a log call on the same thread;
+        # that nested call must not deadlock, nor write into the middle of the interrupted
+        # frame, so it is parked in _deferred and the interrupted call sends it (_send).
+        self._lock = threading.RLock()
+        self._writing = False
+        self._deferred: list[tuple[bytes, logging.LogRecord]] = []
+        # Where a record goes when the parent cannot be reached (set by WorkerHandler).
+        self.fallback: Callable[[logging.LogRecord], None] = _ignore
         self._broken = False
+        # Why the parent closed the connection, if it said.
+        self.closed_reason = ""
         self.task_id: int | None = None
         self.records_in_task = 0
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ring: _ring.RingWriter | None = None
         try:
             sock.connect(self._config.address)
+            if _receive_exactly(sock, 1) != _transport.GREETING:
+                raise ChannelClosed(
+                    f"logexec: the parent refused this worker's log connection: {_read_reason(sock)}"
+                )
             challenge = _receive_exactly(sock, _transport.CHALLENGE_SIZE)
             proof = _transport.answer_challenge(self._config.key, challenge)
             ring = self._open_ring()
@@ -80,30 +113,71 @@ class Channel:
                         sock.sendall(hello[sent:])
                 finally:
                     ring.close_fd()
+            answer = _receive_exactly(sock, 1)
+            if answer == _transport.USE_CONNECTION and ring is not None:
+                # The parent could not take the ring (short of descriptors or memory).
+                ring.detach()
+                ring = None
+            elif answer not in (_transport.USE_RING, _transport.USE_CONNECTION):
+                raise ChannelClosed(f"logexec: the parent refused this worker's hello: {_read_reason(sock)}")
         except BaseException:
+            if ring is not None:
+                ring.detach()
             sock.close()
             raise
         self._socket = sock
         self._ring = self._ready_ring = ring
         self._forked = False
         self._broken = False
+        self.closed_reason = ""
 
-    def put_nowait(self, frame: bytes) -> None:
-        """Write one framed record; returns only once the bytes are in the kernel."""
+    def put(self, frame: bytes, record: logging.LogRecord) -> None:
+        """Send one framed record before returning; what cannot be sent goes to ``fallback``."""
         with self._lock:
-            ring = self._ready_ring
-            if ring is None:
-                self._prepare_slow_path()
-                ring = self._ready_ring  # a child forked by a task has a new one now
+            if self._writing:
+                # Nested inside a write of this thread (a signal handler): see __init__.
+                self._deferred.append((frame, record))
+                return
+            self._send(frame, record)
+
+    def _send(self, frame: bytes | None, record: logging.LogRecord | None) -> None:
+        """Write ``frame``, then whatever a nested call parked meanwhile. Holds the lock."""
+        while True:
+            self._writing = True
             try:
-                if ring is None:
-                    self._socket.sendall(frame)  # type: ignore[union-attr]  # checked above
-                elif not ring.write(frame):  # nearly every call: a copy, no system call
-                    ring.write_waiting(frame)
-            except OSError:
-                self._break()
-                raise
+                if frame is not None and record is not None:
+                    self._write_or_fall_back(frame, record)
+                    frame = record = None
+                while self._deferred:
+                    self._write_or_fall_back(*self._deferred.pop(0))
+            finally:
+                self._writing = False
+            # A call nested after the last look but before _writing was cleared parked its
+            # record; one nested after the clear wrote it itself. So this look is the last.
+            if not self._deferred:
+                return
+
+    def _write_or_fall_back(self, frame: bytes, record: logging.LogRecord) -> None:
+        if self._broken and not self._forked:
+            self.fallback(record)
+            return
+        try:
+            self._write(frame)
+        except (OSError, EOFError):  # EOFError: a forked child's reconnection was refused
+            self._break()
+            self.fallback(record)
+        else:
             self.records_in_task += 1
+
+    def _write(self, frame: bytes) -> None:
+        ring = self._ready_ring
+        if ring is None:
+            self._prepare_slow_path()
+            ring = self._ready_ring  # a child forked by a task has a new one now
+        if ring is None:
+            self._socket.sendall(frame)  # type: ignore[union-attr]  # checked above
+        elif not ring.write(frame):  # nearly every call: a copy, no system call
+            ring.write_waiting(frame)
 
     def _prepare_slow_path(self) -> None:
         if self._forked:
@@ -112,11 +186,28 @@ class Channel:
             # gets a connection of its own.
             self._reconnect_after_fork()
         if self._broken or self._socket is None:
-            raise ConnectionError("the parent's log listener is unreachable")
+            raise ChannelClosed("the parent's log listener is unreachable")
 
     def _break(self) -> None:
-        self._broken = True
-        self._ready_ring = None
+        if not self._broken:
+            self._broken = True
+            self._ready_ring = None
+            self.closed_reason = self._goodbye_reason()
+
+    def _goodbye_reason(self) -> str:
+        """What the parent said when it closed the connection, if it said anything."""
+        sock = self._socket
+        if sock is None:
+            return ""
+        try:
+            data = sock.recv(_transport.REASON_LIMIT, socket.MSG_DONTWAIT)
+        except OSError:
+            return ""
+        # A barrier's answer may come first; the goodbye is what follows its marker.
+        marker = data.find(_transport.GOODBYE)
+        if marker < 0:
+            return ""
+        return data[marker + 1 :].decode("utf-8", "replace")
 
     def _wake(self) -> None:
         # Any byte will do: the listener sleeps on the connection and then reads the ring.
@@ -137,10 +228,11 @@ class Channel:
         # Peek, never read: the bytes waiting may be a barrier's answer for another thread.
         assert self._socket is not None
         try:
-            if not self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                raise ConnectionError("the parent's log listener closed the connection")
+            data = self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
-            pass
+            return
+        if not data or data == _transport.GOODBYE:
+            raise ChannelClosed("the parent's log listener closed the connection")
 
     def begin_task(self, task_id: int) -> None:
         self.task_id = task_id
@@ -149,31 +241,51 @@ class Channel:
     def end_task(self) -> None:
         """Wait until the parent has handled every record this task logged."""
         task_id, self.task_id = self.task_id, None
-        if not self.records_in_task or task_id is None or self._broken or self._socket is None:
-            return
-        self.records_in_task = 0
-        try:
-            with self._lock:
-                barrier = _transport.encode_barrier(task_id)
+        with self._lock:
+            if self._deferred and not self._writing:
+                self._send(None, None)
+            if not self.records_in_task or task_id is None or self._broken or self._socket is None:
+                return
+            self.records_in_task = 0
+            barrier = _transport.encode_barrier(task_id)
+            self._writing = True  # a signal handler's record waits until the barrier is out
+            try:
                 if self._ring is not None:
                     # Behind the task's records in the ring, and a wake-up every time: a
                     # barrier waits for the listener, so it must not wait for a missed one.
                     self._ring.write_waiting(barrier, always_wake=True)
                 else:
                     self._socket.sendall(barrier)
+            except OSError:
+                self._break()
+                return
+            finally:
+                self._writing = False
+            if self._deferred:
+                self._send(None, None)
+        try:
             # Only the task's thread reads, so no lock: other threads may log meanwhile.
-            _receive_exactly(self._socket, len(_transport.BARRIER_ACK))
-        except (OSError, EOFError):
+            if _receive_exactly(self._socket, 1) == _transport.GOODBYE:
+                raise ChannelClosed(_read_reason(self._socket))
+        except (OSError, EOFError) as error:
             # The parent is gone or its listener stopped; the result can still be sent.
             self._break()
+            if isinstance(error, ChannelClosed) and str(error):
+                self.closed_reason = str(error)
 
     def after_fork_in_child(self) -> None:
         # Another thread may have held the lock at the fork; in the child it never will
         # be released. A fork hook rather than an os.getpid() check per record: that check
         # is a system call on every log call.
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._writing = False
+        self._deferred = []  # the worker's, not this child's
         self._forked = True
         self._ready_ring = None
+        # The child is not running the worker's task: its records carry no task id, and
+        # it owes no barrier.
+        self.task_id = None
+        self.records_in_task = 0
 
     def _reconnect_after_fork(self) -> None:
         if self._socket is not None:
@@ -183,8 +295,6 @@ class Channel:
         if self._ring is not None:
             self._ring.detach()  # the worker that owns it keeps writing there
             self._ring = None
-        self.task_id = None
-        self.records_in_task = 0
         self.connect()
 
 
@@ -199,9 +309,14 @@ class WorkerHandler(logging.handlers.QueueHandler):
         super().__init__(channel)  # type: ignore[arg-type]  # a queue in all but type
         self._channel = channel
         self._told_stderr = False
+        channel.fallback = self._to_stderr
 
     def prepare(self, record: logging.LogRecord) -> Any:
         return _transport.encode_record(record, self._channel.task_id)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # For callers of emit() itself; log calls take handle() below.
+        self._channel.put(_transport.encode_record(record, self._channel.task_id), record)
 
     def handle(self, record: logging.LogRecord) -> Any:
         # Handler.handle also takes the handler's lock around emit(). The one thing that
@@ -216,34 +331,51 @@ class WorkerHandler(logging.handlers.QueueHandler):
                 record = verdict
         channel = self._channel
         try:
-            channel.put_nowait(_transport.encode_record(record, channel.task_id))
+            frame = _transport.encode_record(record, channel.task_id)
         except Exception:
+            # encode_record is built never to raise; if it did, say so the way logging
+            # does (a traceback on stderr), and keep the record on stderr too.
             self.handleError(record)
+            self._to_stderr(record)
+            return True
+        channel.put(frame, record)
         return True
 
-    def handleError(self, record: logging.LogRecord) -> None:
-        # The only failure left after prepare() is an unreachable parent. The record must
-        # not vanish, so it goes to this worker's stderr, whole, after a one-time notice.
+    def _to_stderr(self, record: logging.LogRecord) -> None:
+        # The parent cannot be reached. The record must not vanish, so it goes to this
+        # worker's stderr, whole, after a one-time notice that says why.
         stream = sys.stderr
         if stream is None:
             return
         try:
             if not self._told_stderr:
                 self._told_stderr = True
+                reason = self._channel.closed_reason
+                if reason:
+                    why = f"the parent closed its log connection: {reason}"
+                else:
+                    why = "cannot reach the parent process (it exited or its listener stopped)"
                 stream.write(
-                    f"logexec: worker {os.getpid()} cannot reach the parent process (it exited or "
-                    "its listener stopped); this worker's records now go to its stderr\n"
+                    f"logexec: worker {os.getpid()} {why}; this worker's records now go to its stderr\n"
                 )
             stream.write(f"{_STDERR_FORMATTER.format(record)}\n")
             stream.flush()
         except Exception:
-            super().handleError(record)
+            self.handleError(record)
+
+
+def _ignore(record: logging.LogRecord) -> None:
+    """The fallback before a handler is attached: the channel is not in use yet."""
 
 
 _STDERR_FORMATTER = logging.Formatter(logging.BASIC_FORMAT)
 
 # The channel of this worker process, set by initialize().
 _channel: Channel | None = None
+# The version of the parent's levels this worker applied last (see LevelsUpdate), and the
+# loggers whose level it set, so that a level the parent unsets is unset here too.
+_levels_version = 0
+_levels_set: set[str] = set()
 
 
 def initialize(
@@ -255,7 +387,13 @@ def initialize(
     global _channel
     channel = Channel(config)
     channel.connect()
-    _reset_logging(config.levels)
+    _reset_logging()
+    if config.levels is not None:
+        _apply_levels(config.levels)
+    else:
+        # Under fork the levels came with the process; remember which were set, so that
+        # an update that unsets one unsets it here too.
+        _levels_set.update(_compat.explicit_levels())
     logging.getLogger().addHandler(WorkerHandler(channel))
     _channel = channel
     if user_initializer is not None:
@@ -266,18 +404,26 @@ def run_task(
     task_id: int,
     propagated: tuple[_context.VarAddress, ...],
     captured: _context.CapturedValues | None,
+    levels: LevelsUpdate | None,
     fn: Callable[..., Any],
     /,
     *args: Any,
     **kwargs: Any,
 ) -> Any:
     """Run one task; return only after the parent has handled the task's records."""
+    global _levels_version
     channel = _channel
     if channel is None:
         raise RuntimeError(
             "logexec's task wrapper ran in a process that logexec's initializer did not set "
             "up; submit tasks through LoggingProcessPoolExecutor"
         )
+    if levels is not None and levels[0] > _levels_version:
+        _levels_version = levels[0]
+        _apply_levels(levels[1])
+    if logging.getLoggerClass() not in _PLAIN_CLASSES:
+        # Unpickling this task's function imported a module that set a Logger class.
+        _neutralize_logger_classes()
     channel.begin_task(task_id)
     try:
         if captured is not None:
@@ -295,7 +441,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _reset_logging(levels: tuple[dict[str, int], int] | None) -> None:
+def _reset_logging() -> None:
     # Under fork every logger arrives with the parent's handlers and filters; writing
     # through them would put a second writer on the parent's files, and filtering here
     # would apply them twice. The parent applies its own configuration on dispatch.
@@ -305,12 +451,60 @@ def _reset_logging(levels: tuple[dict[str, int], int] | None) -> None:
         for log_filter in list(logger.filters):
             logger.removeFilter(log_filter)
         logger.propagate = True
-    if levels is None:
-        return
+    _neutralize_logger_classes()
+
+
+def _apply_levels(levels: Levels) -> None:
     logger_levels, disabled = levels
+    for name in _levels_set - set(logger_levels):
+        logging.getLogger(name or None).setLevel(logging.NOTSET)
     for name, level in logger_levels.items():
         logging.getLogger(name or None).setLevel(level)
+    _levels_set.clear()
+    _levels_set.update(logger_levels)
     logging.disable(disabled)
+
+
+# Logger classes whose handle/callHandlers are logging's own: the worker's records take the
+# standard path to the root handler, and the class's own rules apply once, in the parent.
+_PLAIN_CLASSES: set[type[logging.Logger]] = {logging.Logger, logging.RootLogger}
+_PLAIN_VERSIONS: dict[type[logging.Logger], type[logging.Logger]] = {}
+
+
+def _plain_version(cls: type[logging.Logger]) -> type[logging.Logger]:
+    """``cls`` with logging's own ``handle`` and ``callHandlers``: everything else kept."""
+    if cls.handle is logging.Logger.handle and cls.callHandlers is logging.Logger.callHandlers:
+        _PLAIN_CLASSES.add(cls)
+        return cls
+    plain = _PLAIN_VERSIONS.get(cls)
+    if plain is None:
+        namespace = {
+            "handle": logging.Logger.handle,
+            "callHandlers": logging.Logger.callHandlers,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+        }
+        plain = _PLAIN_VERSIONS[cls] = type(cls.__name__, (cls,), namespace)
+        _PLAIN_CLASSES.add(plain)
+    return plain
+
+
+def _neutralize_logger_classes() -> None:
+    # A Logger subclass that overrides handle() (to enrich, route or drop records) would
+    # run here and again in the parent, whose dispatch calls the parent logger's handle().
+    # Run it once, in the parent, where the configuration lives: here, each logger keeps
+    # its class in all but those two methods (isinstance and its other methods still hold).
+    for logger in _compat.existing_loggers():
+        cls = type(logger)
+        if cls not in _PLAIN_CLASSES:
+            try:
+                logger.__class__ = _plain_version(cls)
+            except TypeError:
+                pass  # a class whose layout forbids it (__slots__): leave it as it is
+    logger_class = logging.getLoggerClass()
+    if logger_class not in _PLAIN_CLASSES:
+        logging.setLoggerClass(_plain_version(logger_class))
 
 
 def _receive_exactly(sock: socket.socket, size: int) -> bytes:
@@ -321,3 +515,17 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes:
             raise EOFError("the parent's log listener closed the connection")
         data += chunk
     return data
+
+
+def _read_reason(sock: socket.socket) -> str:
+    """The text the parent sent after a refusal or goodbye, up to EOF (bounded)."""
+    data = b""
+    try:
+        while len(data) < _transport.REASON_LIMIT:
+            chunk = sock.recv(_transport.REASON_LIMIT - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        pass
+    return data.decode("utf-8", "replace") or "no reason given"

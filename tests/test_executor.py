@@ -382,11 +382,8 @@ def test_shutdown_without_wait_still_handles_everything(
     with pytest.raises(RuntimeError, match="after shutdown"):
         executor.submit(helpers.identity, 1)
     concurrent.futures.wait(futures, timeout=RESULT_TIMEOUT)
-    thread = executor._logexec_shutdown_thread
-    assert thread is not None
-    thread.join(timeout=RESULT_TIMEOUT)
-    assert not thread.is_alive()
-    listener_thread = executor._logexec_listener._thread
+    assert executor._logexec_listener.wait_stopped(timeout=RESULT_TIMEOUT)
+    listener_thread = executor._logexec_listener.thread
     assert listener_thread is not None and not listener_thread.is_alive()
     assert len([record for record in handler.records if record.name == "tests.worker"]) == 400
 

@@ -40,8 +40,8 @@ def test_foreign_connection_without_the_key_is_refused(
         intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         intruder.settimeout(10)
         intruder.connect(address)
-        challenge = intruder.recv(64)
-        assert len(challenge) == 32
+        greeting = _receive(intruder, 1 + _transport.CHALLENGE_SIZE)
+        assert greeting[:1] == _transport.GREETING
         # A wrong proof, then a frame the listener must never unpickle.
         intruder.sendall(b"\0" * 40 + b"\0" * 9 + b"cos\nsystem\n(S'echo pwned'\ntR.")
         assert intruder.recv(16) == b""  # the listener hung up
@@ -51,6 +51,22 @@ def test_foreign_connection_without_the_key_is_refused(
     assert any("failed authentication" in record.getMessage() for record in refused)
     assert len([record for record in handler.records if record.name == "tests.worker"]) == 3
     assert logging.getLogger().handlers  # parent logging intact
+
+
+def _receive(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        assert chunk, "the listener hung up early"
+        data += chunk
+    return data
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
 
 
 def _ring_fds_held(name: str) -> list[str]:
@@ -81,13 +97,15 @@ def test_descriptor_sent_with_a_refused_hello_is_closed(
         intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         intruder.settimeout(10)
         intruder.connect(executor._logexec_listener.address)
-        challenge = intruder.recv(64)
+        challenge = _receive(intruder, 1 + _transport.CHALLENGE_SIZE)[1:]
         key = executor._logexec_config.key if authenticated else b"\0" * 32
         proof = _transport.answer_challenge(key, challenge)
         hello = proof + _transport.HELLO_TAIL.pack(os.getpid(), _transport.VIA_RING)
         socket.send_fds(intruder, [hello], [fake_ring])
         os.close(fake_ring)
-        assert intruder.recv(16) == b""  # the listener hung up
+        # The listener hangs up; an authenticated peer is told why first.
+        farewell = _read_to_eof(intruder)
+        assert farewell == b"" if not authenticated else farewell.startswith(_transport.GOODBYE)
         intruder.close()
         assert _ring_fds_held(name) == []
         assert executor.submit(helpers.log_n, 2).result(timeout=30) == 2
