@@ -107,6 +107,8 @@ class Dispatcher:
         return entry
 
 
+# Reports, as logging itself does (a traceback on stderr), what a handler could not.
+_ERROR_REPORTER = logging.Handler()
 _STANDARD_HANDLE = logging.Logger.handle
 _STANDARD_CALL_HANDLERS = logging.Logger.callHandlers
 
@@ -144,4 +146,9 @@ def _call_handlers(handlers: Iterable[logging.Handler], record: logging.LogRecor
                 handler.handle(record)
             except Exception:
                 # Reported the way logging reports its own handlers' errors.
-                handler.handleError(record)
+                try:
+                    handler.handleError(record)
+                except Exception:
+                    # Its handleError fails too: the other handlers must still get the
+                    # record, so report this one as logging would, to stderr.
+                    _ERROR_REPORTER.handleError(record)

@@ -94,6 +94,8 @@ WORKER_EXIT_RETRY_SECONDS = 0.05
 # Unexpected errors in a row on one connection before it is given up (its worker then
 # falls back to its stderr): one may be passing, one that repeats would repeat forever.
 CONNECTION_FAILURES_TOLERATED = 3
+# How soon such a connection is looked at again.
+RETRY_SECONDS = 0.05
 # After an unexpected error in the loop itself, pause before going on (doubling up to the
 # maximum) so that an error that repeats cannot spin a core or flood the reports.
 LOOP_ERROR_FIRST_PAUSE = 0.01
@@ -192,6 +194,7 @@ class Listener:
         self._server: socket.socket | None = None
         self._wake_reader: socket.socket | None = None
         self._wake_writer: socket.socket | None = None
+        self._selector: selectors.BaseSelector | None = None
         # Held open so that, out of descriptors, the listener can still accept a worker and
         # tell it why it is refused instead of leaving it waiting (see _accept).
         self._reserve_fd: int | None = None
@@ -206,6 +209,9 @@ class Listener:
         self._pass_records = 0
         self._pass_barriers = 0
         self._loop_pause = LOOP_ERROR_FIRST_PAUSE
+        # Connections whose handling failed unexpectedly, to be handled again (see
+        # _connection_failed).
+        self._retry: list[_Connection] = []
         self._told_descriptors = False
         self._stopping = False
         self._stopped = threading.Event()
@@ -227,8 +233,17 @@ class Listener:
                     server.listen(socket.SOMAXCONN)
                     server.setblocking(False)
                     self._wake_reader, self._wake_writer = socket.socketpair()
+                    # Made here, not on the listener thread: a failure (out of descriptors)
+                    # must reach the caller, not leave a thread that can serve nobody.
+                    self._selector = selectors.DefaultSelector()
+                    self._selector.register(server, selectors.EVENT_READ, _ACCEPT)
+                    self._selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
                 except BaseException:
                     server.close()
+                    for sock in (self._wake_reader, self._wake_writer, self._selector):
+                        if sock is not None:
+                            sock.close()
+                    self._wake_reader = self._wake_writer = self._selector = None
                     if directory is not None:
                         shutil.rmtree(directory, ignore_errors=True)
                     raise
@@ -307,12 +322,9 @@ class Listener:
     # The thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        selector: selectors.BaseSelector | None = None
+        selector = self._selector
         try:
-            if self._server is not None and self._wake_reader is not None:
-                selector = selectors.DefaultSelector()
-                selector.register(self._server, selectors.EVENT_READ, _ACCEPT)
-                selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
+            if selector is not None:
                 last_record = 0
                 while not self._stopping:
                     try:
@@ -328,6 +340,8 @@ class Listener:
 
     def _serve_once(self, selector: selectors.BaseSelector, last_record: int) -> int:
         """One pass: read the rings, wait for what comes next, handle it."""
+        if self._retry:
+            self._handle_retries(selector)
         self._pass_records = self._pass_barriers = 0
         moved = self._read_rings(selector)
         now = time.monotonic_ns()
@@ -354,9 +368,21 @@ class Listener:
             self._notify_worker_exit()
         return last_record
 
+    def _handle_retries(self, selector: selectors.BaseSelector) -> None:
+        retry, self._retry = self._retry, []
+        for connection in retry:
+            if connection.closed:
+                continue
+            try:
+                self._process(selector, connection)
+            except BaseException as error:
+                self._connection_failed(selector, connection, "handling it again", error)
+            else:
+                connection.failures = 0
+
     def _bound_timeout(self, selector: selectors.BaseSelector, timeout: float | None) -> float | None:
         """Shorten a wait for the things that need a look at a set time."""
-        deadlines = []
+        deadlines = [RETRY_SECONDS] if self._retry else []
         if self._worker_exit_pending:
             # A worker-exit notice that could not be delivered yet (see
             # _compat.wake_executor_manager) makes us come back.
@@ -628,30 +654,38 @@ class Listener:
             if not woken:
                 self._hang_up(selector, connection)
             return
-        view = connection.view
         filled = connection.filled
+        target = connection.view[filled:]
         try:
             if connection.pid:
-                received = connection.socket.recv_into(view[filled:])
+                received = connection.socket.recv_into(target)
             else:
-                received = self._receive_hello(connection, view[filled:])
+                received = self._receive_hello(connection, target)
         except BlockingIOError:
             return
         except OSError:
             received = 0
+        finally:
+            target.release()
         if not received:
             self._hang_up(selector, connection)
             return
-        end = filled + received
+        # Counted before anything is handled: should handling fail unexpectedly, the bytes
+        # stay in the buffer for the retry (see _connection_failed).
+        connection.filled = filled + received
+        self._process(selector, connection)
+
+    def _process(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
+        """Handle what the connection's buffer holds: the hello, then whole frames."""
         position = 0
         if not connection.pid:
-            position = self._authenticate(selector, connection, end)
+            position = self._authenticate(selector, connection, connection.filled)
             if not position:
                 return
             if connection.ring is not None:
                 connection.filled = 0  # anything after the hello is a wake-up
                 return
-        self._handle_frames(selector, connection, end, position)
+        self._handle_frames(selector, connection, connection.filled, position)
 
     def _receive_hello(self, connection: _Connection, target: memoryview) -> int:
         # recvmsg, not recv: a descriptor rides with the hello, and recv would drop it. Close
@@ -691,10 +725,11 @@ class Listener:
                 try:
                     dispatch(task_id, record)
                 except BaseException as error:  # dispatch reports its own; this is a last resort
-                    self._report_error("logexec: a worker record could not be handled", error)
+                    self._report_error(f"logexec: a record could not be handled ({_identify(record)})", error)
                 records += 1
             elif kind == _transport.KIND_BARRIER:
-                self._answer_barrier(connection)
+                if not self._answer_barrier(selector, connection):
+                    return
                 barriers += 1
             else:
                 self._fail(selector, connection, f"it sent a frame of unknown kind {kind}")
@@ -714,9 +749,12 @@ class Listener:
             connection.resize(READ_SIZE)  # done with the huge record: give the memory back
 
     def _authenticate(self, selector: selectors.BaseSelector, connection: _Connection, end: int) -> int:
-        """Check the worker's proof; return where its frames start (0: not yet, or refused)."""
+        """Check the worker's proof; return where its frames start (0: not yet, or refused).
+
+        Nothing is committed (pid, ring) until the answer is sent, so that an unexpected
+        failure on the way leaves a hello that can be checked again.
+        """
         if end < _transport.HELLO_SIZE:
-            connection.filled = end
             return 0
         view = connection.view
         proof = bytes(view[: _transport.DIGEST_SIZE])
@@ -725,59 +763,63 @@ class Listener:
             self._refuse(selector, connection)
             return 0
         pid, via = _transport.HELLO_TAIL.unpack_from(view, _transport.DIGEST_SIZE)
-        connection.pid = pid or -1  # never 0 once authenticated
         fds, connection.fds = connection.fds, []
-        answer = _transport.USE_CONNECTION
+        ring: _ring.RingReader | None = None
         if via == _transport.VIA_RING:
-            problem, use_ring = self._attach_ring(connection, fds)
-            if use_ring:
-                answer = _transport.USE_RING
+            problem, ring = self._map_ring(pid, fds)
         else:
             _close_fds(fds)
             problem = "" if via == _transport.VIA_CONNECTION and not fds else f"unknown transport {via}"
         if problem:
+            connection.pid = pid or -1
             self._fail(selector, connection, f"its hello was refused: {problem}")
             return 0
         try:
-            connection.socket.sendall(answer)
-        except OSError:
-            self._hang_up(selector, connection)  # it died before it heard the answer
-            return 0
+            connection.socket.sendall(_transport.USE_CONNECTION if ring is None else _transport.USE_RING)
+        except BaseException as error:
+            if ring is not None:
+                ring.close()
+            if isinstance(error, OSError):
+                self._hang_up(selector, connection)  # it died before it heard the answer
+                return 0
+            raise
+        connection.pid = pid or -1  # never 0 once authenticated
+        if ring is not None:
+            connection.ring = ring
+            ring.set_awake_until(self._promised)
+            self._rings.append(connection)
         return _transport.HELLO_SIZE
 
-    def _attach_ring(self, connection: _Connection, fds: list[int]) -> tuple[str, bool]:
-        """Map the ring that came with a hello: (what is wrong with it, whether it is used).
+    def _map_ring(self, pid: int, fds: list[int]) -> tuple[str, _ring.RingReader | None]:
+        """Map the ring that came with a hello: (what is wrong with it, the ring or None).
 
         No descriptor at all is what a parent out of descriptors sees (the kernel drops it),
         and a mapping can fail for want of memory: the worker then uses its connection.
         """
         try:
             if not fds:
-                self._tell_short_of_descriptors(connection, "its ring's descriptor could not be received")
-                return "", False
+                self._tell_short_of_descriptors(pid, "its ring's descriptor could not be received")
+                return "", None
             if len(fds) != 1:
-                return f"a ring hello came with {len(fds)} descriptors", False
+                return f"a ring hello came with {len(fds)} descriptors", None
             try:
-                ring = _ring.RingReader(fds[0])
+                return "", _ring.RingReader(fds[0])
             except _ring.RingError as error:
-                return f"its shared-memory ring is unusable: {error}", False
+                return f"its shared-memory ring is unusable: {error}", None
             except (OSError, ValueError) as error:
-                self._tell_short_of_descriptors(connection, f"its ring could not be mapped ({error})")
-                return "", False
+                self._tell_short_of_descriptors(pid, f"its ring could not be mapped ({error})")
+                return "", None
         finally:
             # Closed before any answer or hang-up: the peer may look at once. The mapping
             # holds no descriptor (see _ring._SharedMapping).
             _close_fds(fds)
-        connection.ring = ring
-        ring.set_awake_until(self._promised)
-        self._rings.append(connection)
-        return "", True
 
-    def _tell_short_of_descriptors(self, connection: _Connection, what: str) -> None:
+    def _tell_short_of_descriptors(self, pid: int, what: str) -> None:
         self._report(
             logging.WARNING,
-            "logexec: %s: %s; it sends its records through its connection instead (slower, nothing lost)",
-            connection.describe(),
+            "logexec: worker %d: %s; it sends its records through its connection instead "
+            "(slower, nothing lost)",
+            pid,
             what,
         )
 
@@ -791,11 +833,23 @@ class Listener:
             self._worker_exit_pending = False
             self._report_error("logexec: the worker-exit callback failed", error)
 
-    def _answer_barrier(self, connection: _Connection) -> None:
-        try:
-            connection.socket.sendall(_transport.BARRIER_ACK)
-        except OSError:
-            pass  # the worker died while waiting; nobody is left to answer
+    def _answer_barrier(self, selector: selectors.BaseSelector, connection: _Connection) -> bool:
+        """Answer a barrier; False if the connection had to be given up instead."""
+        for attempt in range(2):
+            try:
+                connection.socket.sendall(_transport.BARRIER_ACK)
+            except OSError:
+                return True  # the worker died while waiting; nobody is left to answer
+            except BaseException as error:
+                if attempt:
+                    # A worker left waiting for an answer would hang its task: close the
+                    # connection, which ends the wait (its result is still sent).
+                    self._fail(selector, connection, f"its barrier could not be answered: {_describe(error)}")
+                    return False
+                self._report_error("logexec: a barrier could not be answered; trying again", error)
+            else:
+                return True
+        return True
 
     def _hang_up(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
         if connection.ring is not None:
@@ -857,7 +911,9 @@ class Listener:
         """An unexpected error while handling one connection: report it, try again later;
         give the connection up only if it keeps failing."""
         connection.failures += 1
-        if connection.failures >= CONNECTION_FAILURES_TOLERATED:
+        if connection.closed:
+            self._report_error(f"logexec: an unexpected error while {what}", error)
+        elif connection.failures >= CONNECTION_FAILURES_TOLERATED:
             self._fail(
                 selector,
                 connection,
@@ -865,9 +921,14 @@ class Listener:
             )
         else:
             self._report_error(
-                f"logexec: an unexpected error while {what} ({connection.describe()}); the listener goes on",
+                f"logexec: an unexpected error while {what} ({connection.describe()}); "
+                "the listener goes on and tries again",
                 error,
             )
+            if connection.ring is None:
+                # What it sent is still in its buffer; no new bytes may come to trigger a
+                # look (a worker waiting for an answer), so look again on the next pass.
+                self._retry.append(connection)
 
     def _forget(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
         connection.closed = True
@@ -952,6 +1013,17 @@ def _stand_in(connection: _Connection, error: BaseException) -> logging.LogRecor
         (connection.describe(), _describe(error)),
         None,
     )
+
+
+def _identify(record: logging.LogRecord) -> str:
+    """Which record, for a report that says it was lost: its logger, pid and message."""
+    try:
+        message = str(record.msg)
+    except Exception:
+        message = "<unprintable>"
+    if len(message) > 500:
+        message = message[:500] + "..."
+    return f"logger {record.name!r}, process {record.process}, message {message!r}"
 
 
 def _describe(error: BaseException) -> str:
