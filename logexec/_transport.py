@@ -575,11 +575,13 @@ def _guard_mutation(opcode: bytes) -> Callable[[Any], None]:
     is_build = opcode == pickle.BUILD
 
     def guarded(self: Any) -> None:
-        stack = self.stack
-        state = stack[-1] if is_build and stack else None
+        state = self.stack[-1] if is_build and self.stack else None
         try:
             load(self)
         except _FAILURES as error:
+            # Read the stack again, do not keep it from before: the opcodes that take
+            # a mark (APPENDS, SETITEMS, ADDITEMS) replace self.stack with another list.
+            stack = self.stack
             if not stack:
                 raise  # a malformed pickle, not a refusing object
             target = stack[-1]
