@@ -163,10 +163,11 @@ def render_message(record: logging.LogRecord) -> str:
 def render_exception(record: logging.LogRecord) -> str | None:
     """Return ``exc_text``, rendering ``exc_info`` with the standard formatter if needed."""
     try:
-        exc_text = record.exc_text
+        # A deleted field counts as a plain record's None.
+        exc_text = getattr(record, "exc_text", None)
         if exc_text:
             return exc_text if type(exc_text) is str else _safe_str(exc_text)
-        exc_info = record.exc_info
+        exc_info = getattr(record, "exc_info", None)
         if not exc_info:
             return None
     except _FAILURES as error:  # deleted fields, a subclass's property, a __bool__ that raises
