@@ -739,9 +739,10 @@ def build_record(values: tuple[Any, ...]) -> tuple[int | None, logging.LogRecord
             state.update(extras)
         except _FAILURES:
             return _build_carefully(values)
-        # Fewer keys than both together: an extra replaced a checked field. Do not change
-        # this to a check of the keys before the update: it costs twice as much.
-        if len(state) != _STATE_SIZE + len(extras):
+        # An extra must not replace the fields checked above (record_values never sends a
+        # standard attribute as an extra, so only a payload it did not write can). Do not
+        # change this to a check of the keys or of the sizes: measured, this is the cheapest.
+        if state["name"] is not name or state["levelno"] is not levelno:
             return _build_carefully(values)
     # Do not change this to logging.makeLogRecord: it runs LogRecord.__init__ first, which
     # costs more than everything else here and whose values we overwrite anyway.
@@ -750,9 +751,8 @@ def build_record(values: tuple[Any, ...]) -> tuple[int | None, logging.LogRecord
     return task_id, record
 
 
-# The keys of a rebuilt record's state before its extras.
-_STATE_KEYS = frozenset(field for field in RECORD_FIELDS if _HAS_TASK_NAME or field != "taskName")
-_STATE_SIZE = len(_STATE_KEYS)
+# The fields that the listener relies on, which an extra must not replace.
+_ROUTING_FIELDS = frozenset({"name", "levelno"})
 
 
 def _build_carefully(values: object) -> tuple[int | None, logging.LogRecord]:
@@ -770,11 +770,9 @@ def _build_carefully(values: object) -> tuple[int | None, logging.LogRecord]:
     if extras is not None:
         if type(extras) is not dict:
             raise ProtocolError(f"a record payload's extras must be a dict or None, got {_shape(extras)}")
-        clashes = sorted(_safe_str(key) for key in extras if key in _STATE_KEYS)
+        clashes = sorted(_safe_str(key) for key in extras if key in _ROUTING_FIELDS)
         if clashes:
-            raise ProtocolError(
-                f"a record payload's extras must not set standard fields, got {', '.join(clashes)}"
-            )
+            raise ProtocolError(f"a record payload's extras must not set {' or '.join(clashes)}")
     index = RECORD_FIELDS.index
     fields[index("name")] = _as_name(fields[index("name")])
     fields[index("levelno")] = _as_level(fields[index("levelno")], fields[index("levelname")])

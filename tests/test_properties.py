@@ -168,7 +168,7 @@ def _round_trip(record: logging.LogRecord) -> tuple[int | None, logging.LogRecor
     return _transport.decode_record(memoryview(frame)[_transport.HEADER_SIZE :])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(record_specs)
 @example(_spec(extra={"error": ("two_arg", "a", "b")}))
 @example(_spec(extra={"ghost": ("list", [("ghost", 1), ("plain", 2)])}))

@@ -431,8 +431,8 @@ def _values(**changes: object) -> tuple[object, ...]:
         (pickle.dumps(_values(task_id="7")), "task id must be an int or None, got str"),
         (pickle.dumps(_values(extras=5)), "extras must be a dict or None, got int"),
         (
-            pickle.dumps(_values(extras={"name": 5, "lineno": 1})),
-            "must not set standard fields, got lineno, name",
+            pickle.dumps(_values(extras={"name": 5, "levelno": 1})),
+            "extras must not set levelno or name",
         ),
     ],
 )
