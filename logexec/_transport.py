@@ -504,7 +504,7 @@ class Unrebuilt(metaclass=_UnrebuiltType):
     __str__ = __repr__
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (str, (repr(self),))
+        return (str, (_safe_repr(self),))
 
 
 @functools.lru_cache(maxsize=256)
@@ -643,10 +643,10 @@ _loads = pickle.loads
 
 
 def _decode_carefully(payload: Any, first_error: BaseException) -> Any:
-    try:
-        data = bytes(payload)
-    except _FAILURES as error:
-        raise ProtocolError(f"a record payload must be bytes, got {type(payload).__name__}") from error
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        # Not bytes(payload): bytes(5) is five zero bytes, not an error.
+        raise ProtocolError(f"a record payload must be bytes, got {type(payload).__qualname__}")
+    data = bytes(payload)
     try:
         return _CarefulUnpickler(io.BytesIO(data)).load()
     except _FAILURES as error:

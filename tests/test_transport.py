@@ -446,3 +446,10 @@ def test_odd_field_types_from_the_wire_are_repaired_in_the_parent() -> None:
     """A payload whose name/levelno/created have odd types is repaired, not refused."""
     _, rebuilt = _transport.decode_record(pickle.dumps(_values(name=5, levelno="x", created=3)))
     assert rebuilt.name == "5" and rebuilt.levelno == logging.WARNING and rebuilt.created == 3.0
+
+
+@pytest.mark.parametrize("payload", [None, 5, "text", [b"bytes"]])
+def test_a_payload_that_is_not_bytes_is_a_protocol_error(payload: object) -> None:
+    """decode_record given something other than bytes raises ProtocolError naming its type."""
+    with pytest.raises(_transport.ProtocolError, match=f"must be bytes, got {type(payload).__qualname__}"):
+        _transport.decode_record(payload)
