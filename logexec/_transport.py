@@ -224,7 +224,43 @@ def record_values(record: logging.LogRecord, task_id: int | None) -> tuple[Any, 
             )
         except _FAILURES:
             pass  # a deleted field, or a __bool__ that raises: the careful path reads each
+    else:
+        # A subclass (a record factory's, say: then every record is one) may serve fields
+        # from properties, so read attributes; only if that fails, field by field.
+        try:
+            return _attribute_values(record, task_id)
+        except _FAILURES:
+            pass
     return _careful_values(record, task_id)
+
+
+def _attribute_values(record: logging.LogRecord, task_id: int | None) -> tuple[Any, ...]:
+    state = record.__dict__
+    return (
+        record.name,
+        render_message(record),
+        None,
+        record.levelname,
+        record.levelno,
+        record.pathname,
+        record.filename,
+        record.module,
+        None,
+        render_exception(record),
+        record.stack_info,
+        record.lineno,
+        record.funcName,
+        record.created,
+        record.msecs,
+        record.relativeCreated,
+        record.thread,
+        record.threadName,
+        record.processName,
+        record.process,
+        getattr(record, "taskName", None) if _HAS_TASK_NAME else None,
+        task_id,
+        {k: v for k, v in state.items() if k not in _STANDARD_ATTRIBUTES} or None,
+    )
 
 
 def _careful_values(record: logging.LogRecord, task_id: int | None) -> tuple[Any, ...]:
@@ -283,13 +319,9 @@ def _careful_extras(record: logging.LogRecord) -> dict[str, Any] | None:
         items = list(vars(record).items())
     except _FAILURES:
         return None  # no instance dict at all (a __dict__ property that raises)
-    extras: dict[str, Any] = {}
-    for key, value in items:
-        if type(key) is not str:
-            key = _safe_str(key)  # noqa: PLW2901  # only str keys travel
-        if key not in _STANDARD_ATTRIBUTES:
-            extras[key] = value
-    return extras or None
+    # Keys travel as they are, as on the fast paths; one that will not pickle becomes text
+    # (see _picklable_extras).
+    return {key: value for key, value in items if key not in _STANDARD_ATTRIBUTES} or None
 
 
 def _as_name(name: object) -> str:

@@ -300,12 +300,17 @@ def test_lone_surrogates_travel() -> None:
     assert rebuilt.getMessage() == "a \udc80 \ud800" and rebuilt.note == "\udfff"  # type: ignore[attr-defined]
 
 
-def test_a_non_string_key_in_the_record_dict_travels_as_text() -> None:
-    """An attribute set under a non-str key (record.__dict__[1] = ...) arrives under str(key)."""
-    record = _SubRecord("transport.test", logging.WARNING, "/a/b.py", 12, "m", None, None)
+@pytest.mark.parametrize("damage", ["none", "subclass", "deleted field"])
+def test_a_non_string_key_in_the_record_dict_travels(damage: str) -> None:
+    """An attribute under a non-str key (record.__dict__[1] = ...) arrives under that key, on every path."""
+    record: logging.LogRecord = _record()
+    if damage == "subclass":
+        record = _SubRecord("transport.test", logging.WARNING, "/a/b.py", 12, "m", None, None)
+    if damage == "deleted field":
+        del record.lineno
     record.__dict__[1] = "one"  # type: ignore[index]
     _, rebuilt = _round_trip(record)
-    assert vars(rebuilt)["1"] == "one"
+    assert vars(rebuilt)[1] == "one"  # type: ignore[index]
 
 
 class _PicklesOnlySometimes:
