@@ -458,3 +458,40 @@ def test_a_payload_that_is_not_bytes_is_a_protocol_error(payload: object) -> Non
     """decode_record given something other than bytes raises ProtocolError naming its type."""
     with pytest.raises(_transport.ProtocolError, match=f"must be bytes, got {type(payload).__qualname__}"):
         _transport.decode_record(payload)
+
+
+class _Collector:
+    """A stand-in for the worker's channel: keeps the frames it is given."""
+
+    task_id = 9
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def put_nowait(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+
+class _DeleteLineno(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        del record.lineno
+        return True
+
+
+def test_a_filter_that_deletes_a_field_does_not_look_like_a_lost_parent(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Through the worker's handler, a filter's `del record.lineno` still sends the record, silently."""
+    from logexec import _worker
+
+    channel = _Collector()
+    handler = _worker.WorkerHandler(channel)  # type: ignore[arg-type]  # a channel in all but type
+    handler.addFilter(_DeleteLineno())
+    logger = logging.getLogger("transport.filtered")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.warning("still %s", "here")
+    assert capsys.readouterr().err == ""
+    (frame,) = channel.frames
+    task_id, rebuilt = _transport.decode_record(frame[_transport.HEADER_SIZE :])
+    assert task_id == 9 and rebuilt.getMessage() == "still here" and rebuilt.lineno == 0
