@@ -399,7 +399,8 @@ def _encode_with_reprs(values: tuple[Any, ...]) -> bytes:
     except _FAILURES:
         # A value that pickles alone but not beside the others (a __reduce__ with a side
         # effect, say): send text for everything that is not a plain value.
-        return _dumps((*(_as_text(value) for value in values[:-1]), _text_extras(values[-1])))
+        texts = (*(_as_text(value) for value in values[:-1]), _text_extras(values[-1]))
+        return _dumps(texts, PICKLE_PROTOCOL)
 
 
 def encode_record(record: logging.LogRecord, task_id: int | None) -> bytes:
@@ -445,10 +446,13 @@ def _picklable(value: object) -> object:
     return value
 
 
-def _picklable_extras(extras: dict[str, Any] | None) -> dict[str, Any] | None:
+def _picklable_extras(extras: dict[Any, Any] | None) -> dict[Any, Any] | None:
     if extras is None:
         return None
-    return {_safe_str(key): _picklable(value) for key, value in extras.items()}
+    # A str key always pickles; any other is checked like a value.
+    return {
+        (key if type(key) is str else _picklable(key)): _picklable(value) for key, value in extras.items()
+    }
 
 
 _PLAIN_TYPES = (str, int, float, type(None))
