@@ -578,8 +578,8 @@ def _name_of(failed: object) -> str:
 # from one that rebuilds. The pure-Python unpickler runs one method per opcode, so the
 # opcodes that run other people's code can each be guarded, and only the object that
 # failed is replaced. It is ~20x slower than the C one, and runs only after it failed.
-# pickle._Unpickler and its dispatch table are private, but unchanged from 3.4 to 3.14;
-# tests/test_transport.py checks the opcodes this relies on.
+# pickle._Unpickler and its dispatch table are private (the pure-Python fallback that every
+# CPython keeps beside the C one); tests/test_transport.py checks the opcodes this wraps.
 _PythonUnpickler: Any = pickle._Unpickler
 
 
