@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import importlib
 import logging
+import pickle
 import sys
 import threading
 import time
@@ -80,19 +81,39 @@ def test_import_without_distributed_names_the_extra(monkeypatch: pytest.MonkeyPa
 # The worker side, in this process (no cluster) -------------------------------------------
 
 
-def _rebuilt(records: bytes) -> list[logging.LogRecord]:
-    import pickle
+class ListSender:
+    """Stands in for the worker's stream: keeps events, and timers to fire by hand."""
 
-    from logexec import _transport
+    def __init__(self) -> None:
+        self.events: list[list[Any]] = []
+        self.timers: list[Callable[[], None]] = []
 
-    return [
-        _transport.build_record(_transport.decode_values(payload))[1] for payload in pickle.loads(records)
-    ]
+    def send(self, event: list[Any]) -> None:
+        self.events.append(event)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.timers.append(callback)
+
+    def records(self) -> list[logging.LogRecord]:
+        from logexec import _transport
+
+        return [
+            _transport.build_record(_transport.decode_values(payload))[1]
+            for event in self.events
+            if event[4]
+            for payload in pickle.loads(event[4])
+        ]
+
+
+def run_here(sender: ListSender, task_id: int, levels: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run the worker's task wrapper in this process, its events going to ``sender``."""
+    from logexec import _dask_worker
+
+    return _dask_worker.execute(sender, task_id, levels, (), None, fn, args, {})
 
 
 def test_worker_wrapper_collects_only_its_own_context() -> None:
-    """The task wrapper returns the task's records, and none logged elsewhere meanwhile."""
-    from logexec import _dask_worker
+    """The task wrapper sends the task's records, and none logged elsewhere meanwhile."""
 
     def task() -> int:
         dask_tasks.LOGGER.warning("mine")
@@ -101,10 +122,59 @@ def test_worker_wrapper_collects_only_its_own_context() -> None:
         other.join(timeout=10)
         return 7
 
-    value, error, records = _dask_worker.run_task(3, ({"": logging.WARNING}, 0), (), None, task, {})
-    assert (value, error) == (7, None)
-    assert [record.getMessage() for record in _rebuilt(records)] == ["mine"]
+    sender = ListSender()
+    run_id, total, value = run_here(sender, 3, ({"": logging.WARNING}, 0), task)
+    assert (total, value) == (1, 7)
+    assert [record.getMessage() for record in sender.records()] == ["mine"]
+    assert [event[:4] for event in sender.events] == [[3, run_id, 0, 1]]
     assert not any(type(handler).__name__ == "_TaskHandler" for handler in logging.getLogger().handlers)
+
+
+def test_worker_batches_are_bounded_and_numbered() -> None:
+    """A batch never exceeds MAX_BATCH_RECORDS; sequence numbers run on; the last event has the total."""
+    from logexec import _dask_worker
+
+    sender = ListSender()
+    count = 2 * _dask_worker.MAX_BATCH_RECORDS + 10
+    _, total, _ = run_here(sender, 1, ({"": logging.WARNING}, 0), dask_tasks.log_messages, "b", count)
+    assert total == count
+    sizes = [len(pickle.loads(event[4])) for event in sender.events]
+    assert max(sizes) <= _dask_worker.MAX_BATCH_RECORDS
+    assert [event[2] for event in sender.events] == [sum(sizes[:i]) for i in range(len(sizes))]
+    assert [event[3] for event in sender.events] == [_dask_worker.NOT_LAST] * (len(sizes) - 1) + [count]
+    assert [record.getMessage() for record in sender.records()] == [f"b {i}" for i in range(count)]
+
+
+def test_worker_timer_sends_a_partial_batch() -> None:
+    """A record in a batch that does not fill up is sent when the flush timer fires, before the task ends."""
+    sender = ListSender()
+    seen_during_task: list[int] = []
+
+    def task() -> None:
+        dask_tasks.LOGGER.warning("early")
+        assert len(sender.timers) == 1 and sender.events == []
+        sender.timers.pop()()  # the worker's loop would fire it FLUSH_INTERVAL later
+        seen_during_task.append(len(sender.events))
+
+    run_here(sender, 2, ({"": logging.WARNING}, 0), task)
+    assert seen_during_task == [1]
+    assert [event[2:4] for event in sender.events] == [[0, -1], [1, 1]]
+
+
+def test_worker_failure_sends_the_total_then_raises() -> None:
+    """A task that raises: its records and total are sent first, then the exception propagates to Dask."""
+    sender = ListSender()
+    with pytest.raises(LookupError, match="after 3 records"):
+        run_here(sender, 4, ({"": logging.WARNING}, 0), dask_tasks.log_many_then_raise, "f", 3)
+    assert sender.events[-1][3] == 3
+    assert len(sender.records()) == 3
+
+
+def test_worker_silent_success_sends_nothing() -> None:
+    """A task that logs nothing and succeeds sends no event; its result says 0 records."""
+    sender = ListSender()
+    _, total, value = run_here(sender, 5, ({"": logging.WARNING}, 0), dask_tasks.add, 1, 2)
+    assert (total, value, sender.events) == (0, 3, [])
 
 
 def test_worker_levels_are_lowered_only_while_tasks_run() -> None:
@@ -151,10 +221,11 @@ def test_worker_filters_by_its_own_drivers_levels() -> None:
             dask_tasks.LOGGER.info("too low")
             dask_tasks.LOGGER.warning("kept")
 
-        _, _, records = _dask_worker.run_task(4, ({"": logging.WARNING}, 0), (), None, task, {})
+        sender = ListSender()
+        run_here(sender, 4, ({"": logging.WARNING}, 0), task)
     finally:
         lease.release(other)
-    assert [record.getMessage() for record in _rebuilt(records)] == ["kept"]
+    assert [record.getMessage() for record in sender.records()] == ["kept"]
 
 
 def test_worker_late_record_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
@@ -176,14 +247,15 @@ def test_worker_late_record_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -
         late = threading.Thread(target=contextvars.copy_context().run, args=(log_later,))
         late.start()
 
-    _, _, records = _dask_worker.run_task(5, ({"": logging.WARNING}, 0), (), None, task, {})
+    sender = ListSender()
+    run_here(sender, 5, ({"": logging.WARNING}, 0), task)
     holder = _dask_worker._LEASE.acquire({"": logging.WARNING})  # keep the handler installed
     try:
         release.set()
         late.join(timeout=10)
     finally:
         _dask_worker._LEASE.release(holder)
-    assert _rebuilt(records) == []
+    assert sender.records() == []
     assert "too late" in capsys.readouterr().err
 
 
@@ -206,6 +278,36 @@ def test_rejects_bad_handlers(client: Any) -> None:
 
     with pytest.raises(TypeError, match="handlers must be None or a sequence"):
         LoggingDaskExecutor(client, handlers=logging.StreamHandler())
+
+
+@pytest.mark.integration
+def test_rejects_bad_submit_options(client: Any) -> None:
+    """Options for client.submit are checked at construction, and each error names its parameter."""
+    from logexec.dask import LoggingDaskExecutor
+
+    with pytest.raises(TypeError, match=r"unexpected keyword argument.*key"):
+        LoggingDaskExecutor(client, key="fixed")
+    with pytest.raises(ValueError, match="pure must be False"):
+        LoggingDaskExecutor(client, pure=True)
+    with pytest.raises(ValueError, match="retries must be None or an int >= 0, got -1"):
+        LoggingDaskExecutor(client, retries=-1)
+    with pytest.raises(TypeError, match="priority must be a number"):
+        LoggingDaskExecutor(client, priority="high")
+    with pytest.raises(TypeError, match="resources must be None or a mapping"):
+        LoggingDaskExecutor(client, resources=["GPU"])
+
+
+@pytest.mark.integration
+def test_submit_options_reach_dask(client: Any, make_executor: Callable[..., Any]) -> None:
+    """workers= (like every submit option) is passed to client.submit: the tasks run where it says."""
+    pids = client.run(dask_tasks.worker_pid)
+    address, pid = sorted(pids.items())[0]
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler], workers=[address], allow_other_workers=False, priority=5)
+    futures = [executor.submit(dask_tasks.log_messages, f"pinned{index}", 1) for index in range(4)]
+    for future in futures:
+        future.result(timeout=RESULT_TIMEOUT)
+    assert {record.process for record in handler.records} == {pid}
 
 
 # Semantics ---------------------------------------------------------------------------------
@@ -426,6 +528,88 @@ def test_shutdown_can_cancel_waiting_tasks(
     assert "kept 0" in messages(handler)
 
 
+# Live delivery, and Dask's view of the task --------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(40)
+def test_records_arrive_while_the_task_runs(make_executor: Callable[..., Any]) -> None:
+    """A record logged at the start of a 6-second task is handled within a second, before the task ends."""
+    arrived = threading.Event()
+    delays: list[float] = []
+
+    class Timing(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            delays.append(time.time() - record.created)
+            arrived.set()
+
+    future = make_executor(handlers=[Timing()]).submit(dask_tasks.log_then_sleep, "live", 6.0)
+    assert arrived.wait(timeout=5.0), "the record did not arrive while the task ran"
+    assert not future.done()
+    assert delays[0] < 1.0, f"the record took {delays[0]:.2f}s from the log call to the handler"
+    assert future.result(timeout=RESULT_TIMEOUT) == "live"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_retries_deliver_every_attempt(make_executor: Callable[..., Any], tmp_path: Any) -> None:
+    """Under retries=2, a task failing twice returns its result, with all 3 attempts' records, marked."""
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler], retries=2)
+    future = executor.submit(dask_tasks.fail_until_attempt, str(tmp_path / "attempts"), 3, "retried")
+    assert future.result(timeout=RESULT_TIMEOUT) == "retried succeeded on attempt 3"
+    assert messages(handler) == ["retried attempt 1", "retried attempt 2", "retried attempt 3"]
+    assert [getattr(record, "dask_attempt", None) for record in handler.records] == [1, 2, 3]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_retries_exhausted_raise_the_last_error(make_executor: Callable[..., Any], tmp_path: Any) -> None:
+    """When every attempt fails, the future raises the last one's exception, after every attempt's records."""
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler], retries=1)
+    future = executor.submit(dask_tasks.fail_until_attempt, str(tmp_path / "attempts"), 5, "exhausted")
+    with pytest.raises(RuntimeError, match="exhausted attempt 2 failed"):
+        future.result(timeout=RESULT_TIMEOUT)
+    assert messages(handler) == ["exhausted attempt 1", "exhausted attempt 2"]
+
+
+@pytest.mark.integration
+def test_the_scheduler_sees_a_failing_task_as_erred(client: Any, make_executor: Callable[..., Any]) -> None:
+    """A task that raises is an erred task to Dask's scheduler, and our future raises the same exception."""
+
+    def erred_keys(dask_scheduler: Any) -> list[str]:
+        return [
+            str(transition.key)
+            for transition in dask_scheduler.transition_log
+            if str(transition.key).startswith("raise_for_the_scheduler-logexec-")
+            and transition.finish == "erred"
+        ]
+
+    future = make_executor().submit(dask_tasks.raise_for_the_scheduler, "dashboard")
+    with pytest.raises(ZeroDivisionError, match="dashboard erred") as raised:
+        future.result(timeout=RESULT_TIMEOUT)
+    assert "raise_for_the_scheduler" in [frame.name for frame in raised.traceback]
+    assert len(client.run_on_scheduler(erred_keys)) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_result_means_logged_for_300_records_per_task(make_executor: Callable[..., Any]) -> None:
+    """With 300 records per task (several batches each), all are handled when result() returns or raises."""
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler])
+    futures = {f"many{i}": executor.submit(dask_tasks.log_messages, f"many{i}", 300) for i in range(6)}
+    failing = executor.submit(dask_tasks.log_many_then_raise, "manyfail", 300)
+    for tag, future in futures.items():
+        assert future.result(timeout=RESULT_TIMEOUT) == tag
+        assert [m for m in messages(handler) if m.split()[0] == tag] == [f"{tag} {i}" for i in range(300)]
+    with pytest.raises(LookupError):
+        failing.result(timeout=RESULT_TIMEOUT)
+    failed = [m for m in messages(handler) if m.split()[0] == "manyfail"]
+    assert failed == [f"manyfail {i}" for i in range(300)]
+
+
 # Isolation and hygiene ---------------------------------------------------------------------
 
 
@@ -510,18 +694,29 @@ def test_twenty_thousand_records_arrive(make_executor: Callable[..., Any]) -> No
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_shutdown_leaves_nothing_behind(client: Any, make_executor: Callable[..., Any]) -> None:
-    """After shutdown, workers' logging and plugins and the scheduler's plugins are as before."""
+    """After shutdown: workers' logging and plugins, the scheduler's plugins, topics and subscriptions,
+    and the driver's subscriptions and threads are as before."""
 
     def worker_plugins(dask_worker: Any) -> list[str]:
         return sorted(dask_worker.plugins)
 
-    def scheduler_state(dask_scheduler: Any) -> tuple[list[str], list[str]]:
-        return sorted(dask_scheduler.plugins), sorted(dask_scheduler.get_events())
+    def scheduler_state(dask_scheduler: Any) -> tuple[list[str], list[str], list[str]]:
+        # The broker is private to distributed; reading it here is how a test can see subscriptions.
+        subscribed = [name for name, topic in dask_scheduler._broker._topics.items() if topic.subscribers]
+        # Dask logs its own events (each update-graph under "scheduler"); only ours must go.
+        ours = [name for name in dask_scheduler.get_events() if name.startswith("logexec-")]
+        return sorted(dask_scheduler.plugins), sorted(ours), sorted(subscribed)
+
+    def driver_state() -> tuple[list[str], list[str]]:
+        topics = sorted(topic for topic in client._event_handlers if topic.startswith("logexec-"))
+        threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("logexec-dask"))
+        return topics, threads
 
     before = (
         client.run(dask_tasks.worker_logging_state),
         client.run(worker_plugins),
         client.run_on_scheduler(scheduler_state),
+        driver_state(),
     )
     logging.getLogger().setLevel(logging.DEBUG)
     logging.getLogger("tests.dask.cleanup").setLevel(logging.DEBUG)
@@ -531,11 +726,14 @@ def test_shutdown_leaves_nothing_behind(client: Any, make_executor: Callable[...
     ]
     for future in futures:
         future.result(timeout=RESULT_TIMEOUT)
+    during = client.run_on_scheduler(scheduler_state)
+    assert executor._topic in during[1] and executor._topic in during[2]  # the check can fail
     executor.shutdown(wait=True)
     after = (
         client.run(dask_tasks.worker_logging_state),
         client.run(worker_plugins),
         client.run_on_scheduler(scheduler_state),
+        driver_state(),
     )
     assert after == before
     assert client.status == "running"
