@@ -425,25 +425,27 @@ class _Receiver:
             if not self._subscribed:
                 return
             self._subscribed = False
+        client = self._client
+        reason = ""
         try:
-            self._client.unsubscribe_topic(self.topic)
-        except Exception:
-            return  # the client is closed: its subscriptions went with it
-        try:
-            forgotten = self._client.run_on_scheduler(_dask_scheduler.forget_topic, self.topic)
+            forgotten = client.run_on_scheduler(_dask_scheduler.forget_topic, self.topic, client.id)
         except Exception as error:  # logexec missing on the scheduler, or the client closing
             forgotten = False
             reason = f"{type(error).__name__}: {error}"
-        else:
-            reason = "this version of distributed keeps them where logexec does not look"
         if not forgotten:
-            _LOGGER.warning(
-                "logexec: the Dask scheduler still holds the last events of topic %s (at most "
-                "%d KiB each) after shutdown (%s)",
-                self.topic,
-                _dask_worker.MAX_BATCH_BYTES // 1024,
-                reason,
-            )
+            try:
+                client.unsubscribe_topic(self.topic)
+            except Exception:
+                pass  # the client is closed: its subscriptions went with it
+            if client.status == "running":
+                _LOGGER.warning(
+                    "logexec: the Dask scheduler keeps the last events of topic %s (at most %d "
+                    "KiB each) after shutdown, because it could not be told to drop them (%s)",
+                    self.topic,
+                    _dask_worker.MAX_BATCH_BYTES // 1024,
+                    reason or "its distributed version keeps them elsewhere",
+                )
+        _drop_event_handler(client, self.topic)
 
 
 class LoggingDaskExecutor(Executor):
@@ -576,6 +578,18 @@ class _CancelInDask:
                 dask_future.cancel()
             except Exception:
                 pass  # the client is closing; the task is gone with it
+
+
+def _drop_event_handler(client: Any, topic: str) -> None:
+    """Remove our handler from the client's table of event handlers.
+
+    ``Client.unsubscribe_topic`` (distributed 2026.8) only tells the scheduler, and leaves the
+    handler in the client, where it would keep this executor's receiver alive for the client's
+    lifetime. There is no public way to remove it; this is the one place that reaches in.
+    """
+    handlers = getattr(client, "_event_handlers", None)
+    if isinstance(handlers, dict):
+        handlers.pop(topic, None)
 
 
 def _complete(future: Future[Any], value: Any, error: BaseException | None) -> None:
