@@ -126,7 +126,7 @@ def test_worker_wrapper_collects_only_its_own_context() -> None:
     run_id, total, value = run_here(sender, 3, ({"": logging.WARNING}, 0), task)
     assert (total, value) == (1, 7)
     assert [record.getMessage() for record in sender.records()] == ["mine"]
-    assert [event[:4] for event in sender.events] == [[3, run_id, 0, 1]]
+    assert [event[:4] for event in sender.events] == [[3, run_id, 0, -1]]  # sent at once
     assert not any(type(handler).__name__ == "_TaskHandler" for handler in logging.getLogger().handlers)
 
 
@@ -146,19 +146,23 @@ def test_worker_batches_are_bounded_and_numbered() -> None:
 
 
 def test_worker_timer_sends_a_partial_batch() -> None:
-    """A record in a batch that does not fill up is sent when the flush timer fires, before the task ends."""
+    """A record after a quiet spell goes at once; the next ones wait for the timer, not for the task's end."""
     sender = ListSender()
     seen_during_task: list[int] = []
 
     def task() -> None:
-        dask_tasks.LOGGER.warning("early")
-        assert len(sender.timers) == 1 and sender.events == []
-        sender.timers.pop()()  # the worker's loop would fire it FLUSH_INTERVAL later
+        dask_tasks.LOGGER.warning("first")  # nothing sent yet: goes at once
+        seen_during_task.append(len(sender.events))
+        dask_tasks.LOGGER.warning("second")  # right after: waits in the batch
+        dask_tasks.LOGGER.warning("third")
+        assert len(sender.timers) == 1 and len(sender.events) == 1
+        sender.timers.pop()()  # the worker's loop would fire it within FLUSH_INTERVAL
         seen_during_task.append(len(sender.events))
 
     run_here(sender, 2, ({"": logging.WARNING}, 0), task)
-    assert seen_during_task == [1]
-    assert [event[2:4] for event in sender.events] == [[0, -1], [1, 1]]
+    assert seen_during_task == [1, 2]
+    assert [event[2:4] for event in sender.events] == [[0, -1], [1, -1]]  # the result says 3
+    assert [record.getMessage() for record in sender.records()] == ["first", "second", "third"]
 
 
 def test_worker_failure_sends_the_total_then_raises() -> None:
