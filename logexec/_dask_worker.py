@@ -222,7 +222,15 @@ class _Run:
         # One bytes object for the whole batch: msgpack carries it as it is, and the
         # driver unpickles a list of bytes (nothing else) before it rebuilds each record.
         records = pickle.dumps(batch, _transport.PICKLE_PROTOCOL) if batch else b""
-        self._sender.send([self.task_id, self.run_id, first, total, records])
+        try:
+            self._sender.send([self.task_id, self.run_id, first, total, records])
+        except Exception as error:
+            # The worker is closing (its loop is gone). Never fail the task over it; the
+            # driver's count will show these records missing.
+            _write_problem(
+                f"could not send {len(batch)} record(s) of a logexec task to the scheduler "
+                f"({type(error).__name__}: {error})"
+            )
 
 
 class _TaskHandler(logging.Handler):
@@ -395,6 +403,17 @@ def _call(
 
 def _depth(name: str) -> tuple[int, str]:
     return (name.count(".") + bool(name), name)
+
+
+def _write_problem(problem: str) -> None:
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.write(f"logexec: on Dask worker pid {os.getpid()}: {problem}\n")
+        stream.flush()
+    except Exception:
+        pass
 
 
 def _write_to_stderr(record: logging.LogRecord, problem: str) -> None:

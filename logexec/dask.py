@@ -38,8 +38,10 @@ What keeps each guarantee:
 
 * **Result means handled** is a count, not a timing: a successful task's value carries its
   run's total, an erred run's last event does, and the future completes only when that many
-  records of the run have been handled. Dask's streams are ordered (worker → scheduler →
-  client), so the count is normally complete when the outcome arrives; if a batch was lost
+  records of the run have been handled (for an erred task, once the latest run's total has
+  arrived, unless the error is a ``KilledWorker``: that run died and will never say it).
+  Dask's streams are ordered (worker → scheduler → client), so the count is normally
+  complete when the outcome arrives; if a batch was lost
   (a worker's stream to the scheduler broke), the future completes after
   ``LATE_RECORDS_TIMEOUT`` with an error record that says how many are missing.
 * **Isolation**: a topic per executor, named with a random uuid; only this executor
@@ -69,6 +71,7 @@ from typing import Any, Callable, TypeVar
 try:
     import distributed
     from dask.utils import funcname
+    from distributed import KilledWorker
 except ImportError as error:
     raise ImportError(
         "logexec.dask needs Dask's 'distributed' package, an optional extra of logexec; "
@@ -157,7 +160,7 @@ class _Run:
 class _Task:
     """One submitted task: our future, Dask's, its attempts, and its outcome once known."""
 
-    __slots__ = ("dask_future", "deadline", "future", "outcome", "runs", "task_id")
+    __slots__ = ("dask_future", "deadline", "final_run", "future", "outcome", "runs", "task_id")
 
     def __init__(self, task_id: int, future: Future[Any]) -> None:
         self.task_id = task_id
@@ -166,7 +169,15 @@ class _Task:
         self.runs: dict[str, _Run] = {}
         # (value, error) once Dask has finished with the task.
         self.outcome: tuple[Any, BaseException | None] | None = None
+        # The run whose outcome that is, when it logged: its total must be known and met.
+        self.final_run: _Run | None = None
         self.deadline: float | None = None
+
+    def all_handled(self) -> bool:
+        final = self.final_run
+        if final is not None and final.total is None:
+            return False
+        return all(run.complete() for run in self.runs.values())
 
     def run(self, run_id: str) -> _Run:
         run = self.runs.get(run_id)
@@ -340,7 +351,8 @@ class _Receiver:
     def _record_success(self, task: _Task, outcome: _dask_worker.Outcome) -> None:
         run_id, total, value = outcome
         if total:
-            task.run(run_id).total = total
+            task.final_run = task.run(run_id)
+            task.final_run.total = total
         task.outcome = (value, None)
 
     def _record_alone(self, task: _Task) -> None:
@@ -355,7 +367,11 @@ class _Receiver:
             if traceback is not None:
                 exception = exception.with_traceback(traceback)
             # The erred attempt's last event, with its total, came ahead of this on Dask's
-            # ordered streams; runs that never said a total (a worker lost) are not waited for.
+            # ordered streams; should it not have, wait for it: the latest run is the one that
+            # erred. Not after a KilledWorker: that run died with its worker, and no total will
+            # come (earlier runs that never said a total died the same way).
+            if task.runs and not isinstance(exception, KilledWorker):
+                task.final_run = max(task.runs.values(), key=_attempt_of)
             task.outcome = (None, exception)
             return
         try:
@@ -368,7 +384,7 @@ class _Receiver:
         self._record_success(task, outcome)
 
     def _complete_if_handled(self, task: _Task) -> None:
-        if all(run.complete() for run in task.runs.values()):
+        if task.all_handled():
             self._finish(task)
         elif task.deadline is None:
             task.deadline = time.monotonic() + LATE_RECORDS_TIMEOUT
@@ -378,16 +394,26 @@ class _Receiver:
         now = time.monotonic()
         for task in list(self._parked.values()):
             if task.deadline is not None and task.deadline <= now:
-                missing = sum(
-                    (run.total or 0) - run.handled for run in task.runs.values() if not run.complete()
-                )
-                _LOGGER.error(
-                    "logexec: %d record(s) of Dask task %d did not reach the driver within %.0f s "
-                    "of its outcome; the worker's connection to the scheduler may have broken",
-                    missing,
-                    task.task_id,
-                    LATE_RECORDS_TIMEOUT,
-                )
+                if task.final_run is not None and task.final_run.total is None:
+                    _LOGGER.error(
+                        "logexec: the last records of Dask task %d (attempt %d) did not reach the "
+                        "driver within %.0f s of its error; the worker's connection to the scheduler "
+                        "may have broken",
+                        task.task_id,
+                        task.final_run.attempt,
+                        LATE_RECORDS_TIMEOUT,
+                    )
+                else:
+                    missing = sum(
+                        (run.total or 0) - run.handled for run in task.runs.values() if not run.complete()
+                    )
+                    _LOGGER.error(
+                        "logexec: %d record(s) of Dask task %d did not reach the driver within %.0f s "
+                        "of its outcome; the worker's connection to the scheduler may have broken",
+                        missing,
+                        task.task_id,
+                        LATE_RECORDS_TIMEOUT,
+                    )
                 self._finish(task)
 
     def _finish(self, task: _Task) -> None:
@@ -578,6 +604,10 @@ class _CancelInDask:
                 dask_future.cancel()
             except Exception:
                 pass  # the client is closing; the task is gone with it
+
+
+def _attempt_of(run: _Run) -> int:
+    return run.attempt
 
 
 def _drop_event_handler(client: Any, topic: str) -> None:

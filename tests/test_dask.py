@@ -263,6 +263,142 @@ def test_worker_late_record_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -
     assert "too late" in capsys.readouterr().err
 
 
+# The driver side, in this process (a stand-in client, no cluster) ----------------------------
+
+
+class FakeClient:
+    """Just what the driver's receiver calls on a distributed.Client."""
+
+    id = "fake-client"
+    status = "running"
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Callable[[Any], None]] = {}
+
+    def subscribe_topic(self, topic: str, handler: Callable[[Any], None]) -> None:
+        self.handlers[topic] = handler
+
+    def unsubscribe_topic(self, topic: str) -> None:
+        self.handlers.pop(topic, None)
+
+    def run_on_scheduler(self, function: Callable[..., Any], *args: Any) -> bool:
+        return True
+
+    def gather(self, futures: list[Any]) -> list[Any]:
+        return [future.value for future in futures]
+
+
+class FakeDaskFuture:
+    def __init__(self, status: str, value: Any = None, error: BaseException | None = None) -> None:
+        self.status = status
+        self.value = value
+        self.error = error
+
+    def exception(self) -> BaseException | None:
+        return self.error
+
+    def traceback(self) -> None:
+        return None
+
+
+def event(task_id: int, run_id: str, first: int, total: int, messages: list[str]) -> tuple[float, list[Any]]:
+    """An event as the client's handler receives it: (time, [task, run, first, total, records])."""
+    from logexec import _transport
+
+    payloads = [
+        _transport.encode_values(
+            _transport.record_values(
+                logging.LogRecord("tests.dask", logging.WARNING, __file__, 1, message, None, None), task_id
+            )
+        )
+        for message in messages
+    ]
+    return (time.time(), [task_id, run_id, first, total, pickle.dumps(payloads) if payloads else b""])
+
+
+@pytest.fixture(scope="module")
+def logexec_dask() -> Any:
+    """logexec.dask, imported before any test's logging snapshot.
+
+    Module scope matters: the autouse clean_logging fixture resets loggers created during a test,
+    and importing distributed creates its loggers (propagate=False); reset, they would spill into root.
+    """
+    pytest.importorskip("distributed")
+    return importlib.import_module("logexec.dask")
+
+
+@pytest.fixture
+def receiver(logexec_dask: Any) -> Iterator[tuple[Any, FakeClient, ListHandler]]:
+    """A driver-side receiver on a stand-in client, dispatching to one ListHandler; closed afterwards."""
+    from logexec._dispatch import Dispatcher
+    from logexec.dask import _Receiver
+
+    client = FakeClient()
+    handler = ListHandler()
+    made = _Receiver(client, Dispatcher((handler,)), "logexec-test")
+    yield made, client, handler
+    made.close(wait=True)
+
+
+def submitted(receiver: Any, task_id: int, dask_future: FakeDaskFuture) -> Any:
+    from concurrent.futures import Future
+
+    from logexec.dask import _Task
+
+    task = _Task(task_id, Future())
+    task.dask_future = dask_future
+    receiver.add(task)
+    return task
+
+
+def test_driver_handles_batches_in_sequence_order(receiver: tuple[Any, FakeClient, ListHandler]) -> None:
+    """Batches that arrive out of order are handled in the worker's order, and marked with their attempt."""
+    made, client, handler = receiver
+    task = submitted(made, 1, FakeDaskFuture("finished", value=("run-a", 4, "value")))
+    deliver = client.handlers["logexec-test"]
+    deliver(event(1, "run-a", 2, -1, ["r2", "r3"]))
+    deliver(event(1, "run-a", 0, -1, ["r0", "r1"]))
+    made.arrived(task)
+    assert task.future.result(timeout=RESULT_TIMEOUT) == "value"
+    assert messages(handler) == ["r0", "r1", "r2", "r3"]
+    assert {getattr(record, "dask_attempt", None) for record in handler.records} == {1}
+
+
+def test_driver_waits_for_the_count_not_for_luck(receiver: tuple[Any, FakeClient, ListHandler]) -> None:
+    """An erred task whose last records arrive after Dask's outcome completes only once they are handled."""
+    made, client, handler = receiver
+    task = submitted(made, 2, FakeDaskFuture("error", error=KeyError("late")))
+    deliver = client.handlers["logexec-test"]
+    deliver(event(2, "run-b", 0, -1, ["b0"]))
+    made.arrived(task)
+    with pytest.raises(TimeoutError):
+        task.future.result(timeout=0.3)  # Dask said "erred", but the run's total is not known yet
+    deliver(event(2, "run-b", 1, 3, ["b1", "b2"]))  # ... an erred run's last event says 3
+    with pytest.raises(KeyError, match="late"):
+        task.future.result(timeout=RESULT_TIMEOUT)
+    assert messages(handler) == ["b0", "b1", "b2"]
+
+
+def test_driver_reports_records_that_never_arrive(
+    receiver: tuple[Any, FakeClient, ListHandler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records the count says are missing: the future completes after a timeout, with an error record."""
+    from logexec import dask as logexec_dask
+
+    monkeypatch.setattr(logexec_dask, "LATE_RECORDS_TIMEOUT", 0.3)
+    reports = ListHandler()
+    logging.getLogger("logexec").addHandler(reports)
+    made, client, handler = receiver
+    task = submitted(made, 3, FakeDaskFuture("finished", value=("run-c", 3, "value")))
+    client.handlers["logexec-test"](event(3, "run-c", 0, -1, ["c0"]))
+    made.arrived(task)
+    begin = time.monotonic()
+    assert task.future.result(timeout=RESULT_TIMEOUT) == "value"
+    assert time.monotonic() - begin >= 0.25
+    assert messages(handler) == ["c0"]
+    assert any("2 record(s) of Dask task 3 did not reach the driver" in m for m in messages(reports))
+
+
 # Arguments ---------------------------------------------------------------------------------
 
 
