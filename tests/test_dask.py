@@ -892,3 +892,18 @@ def test_shutdown_without_wait_still_handles_everything(
     for future in futures:
         future.result(timeout=RESULT_TIMEOUT)
     assert len(handler.records) == 12
+
+
+# Last in the module: it kills a worker of the shared cluster (its nanny starts a new one).
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_a_lost_worker_keeps_what_it_sent(make_executor: Callable[..., Any], tmp_path: Any) -> None:
+    """When a worker dies mid-task, what it had sent is handled, and Dask's rerun is the next attempt."""
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler])
+    future = executor.submit(dask_tasks.die_on_first_attempt, str(tmp_path / "attempts"), "lost")
+    assert future.result(timeout=60) == "lost"
+    assert messages(handler) == ["lost attempt 1", "lost attempt 2"]
+    assert [getattr(record, "dask_attempt", None) for record in handler.records] == [1, 2]
