@@ -330,12 +330,12 @@ def logexec_dask() -> Any:
 @pytest.fixture
 def receiver(logexec_dask: Any) -> Iterator[tuple[Any, FakeClient, ListHandler]]:
     """A driver-side receiver on a stand-in client, dispatching to one ListHandler; closed afterwards."""
+    from logexec._dask_receiver import Receiver
     from logexec._dispatch import Dispatcher
-    from logexec.dask import _Receiver
 
     client = FakeClient()
     handler = ListHandler()
-    made = _Receiver(client, Dispatcher((handler,)), "logexec-test")
+    made = Receiver(client, Dispatcher((handler,)), "logexec-test")
     yield made, client, handler
     made.close(wait=True)
 
@@ -343,9 +343,9 @@ def receiver(logexec_dask: Any) -> Iterator[tuple[Any, FakeClient, ListHandler]]
 def submitted(receiver: Any, task_id: int, dask_future: FakeDaskFuture) -> Any:
     from concurrent.futures import Future
 
-    from logexec.dask import _Task
+    from logexec._dask_receiver import Task
 
-    task = _Task(task_id, Future())
+    task = Task(task_id, Future())
     task.dask_future = dask_future
     receiver.add(task)
     return task
@@ -383,9 +383,9 @@ def test_driver_reports_records_that_never_arrive(
     receiver: tuple[Any, FakeClient, ListHandler], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Records the count says are missing: the future completes after a timeout, with an error record."""
-    from logexec import dask as logexec_dask
+    from logexec import _dask_receiver
 
-    monkeypatch.setattr(logexec_dask, "LATE_RECORDS_TIMEOUT", 0.3)
+    monkeypatch.setattr(_dask_receiver, "LATE_RECORDS_TIMEOUT", 0.3)
     reports = ListHandler()
     logging.getLogger("logexec").addHandler(reports)
     made, client, handler = receiver
