@@ -147,7 +147,8 @@ def log_then_sleep(tag: str, seconds: float) -> str:
     """Log one record at once, then keep running: the record must not wait for the end."""
     import time
 
-    LOGGER.warning("%s started", tag)
+    LOGGER.warning("%s started", tag)  # after a quiet spell: sent at once
+    LOGGER.warning("%s still starting", tag)  # right after: waits for the worker's flush timer
     time.sleep(seconds)
     return tag
 

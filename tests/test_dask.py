@@ -674,19 +674,21 @@ def test_shutdown_can_cancel_waiting_tasks(
 @pytest.mark.integration
 @pytest.mark.timeout(40)
 def test_records_arrive_while_the_task_runs(make_executor: Callable[..., Any]) -> None:
-    """A record logged at the start of a 6-second task is handled within a second, before the task ends."""
+    """Records logged at the start of a 6-second task are handled within a second, before the task ends."""
     arrived = threading.Event()
     delays: list[float] = []
 
     class Timing(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             delays.append(time.time() - record.created)
-            arrived.set()
+            if len(delays) == 2:
+                arrived.set()
 
     future = make_executor(handlers=[Timing()]).submit(dask_tasks.log_then_sleep, "live", 6.0)
-    assert arrived.wait(timeout=5.0), "the record did not arrive while the task ran"
+    # The first goes at once; the second, right behind it, waits for the worker's flush timer.
+    assert arrived.wait(timeout=5.0), f"{len(delays)} of 2 records arrived while the task ran"
     assert not future.done()
-    assert delays[0] < 1.0, f"the record took {delays[0]:.2f}s from the log call to the handler"
+    assert max(delays) < 1.0, f"records took {delays} s from the log call to the handler"
     assert future.result(timeout=RESULT_TIMEOUT) == "live"
 
 
