@@ -836,8 +836,7 @@ def test_twenty_thousand_records_arrive(make_executor: Callable[..., Any]) -> No
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_shutdown_leaves_nothing_behind(client: Any, make_executor: Callable[..., Any]) -> None:
-    """After shutdown: workers' logging and plugins, the scheduler's plugins, topics and subscriptions,
-    and the driver's subscriptions and threads are as before."""
+    """After shutdown, workers, scheduler (plugins, topics, subscriptions) and driver are as before."""
 
     def worker_plugins(dask_worker: Any) -> list[str]:
         return sorted(dask_worker.plugins)
