@@ -1,21 +1,37 @@
-"""The Dask worker side: the task wrapper, the per-task collector and the lease on logging.
+"""The Dask worker side: the task wrapper, the per-run batch and the lease on logging.
 
 A Dask worker is shared: other executors, other clients and Dask itself run tasks and log
 in the same process, on several threads at once. So nothing here is installed for longer
 than a task of ours runs, and nothing here reads or writes another task's records:
 
 * ``run_task`` runs the user's function in a fresh ``contextvars.Context`` holding a
-  ``_Collector`` for this task. The collector is the only place the task's records go.
+  ``_Run`` for this attempt of this task. The run is the only place the task's records go.
 * ``_TaskHandler`` is one handler on the worker's root logger. It hands a record to the
-  collector of the context it was logged in, and ignores records logged anywhere else
-  (another executor's task, another client's task, Dask's own threads).
+  run of the context it was logged in, and ignores records logged anywhere else (another
+  executor's task, another client's task, Dask's own threads).
 * ``_LoggingLease`` adds that handler and lowers the levels the driver asked for while at
   least one of our tasks runs on this worker, and puts everything back when the last one
   ends. Between tasks, and after ``shutdown``, the worker's logging is exactly as we found it.
 
-The task's records travel back *with its outcome*, as one bytes object (a pickled list of
-individually pickled records), so the driver can handle them before it completes the
-task's future: "result means handled".
+Records travel *while the task runs*, as events on the executor's own Dask event topic
+(``Worker.log_event``; the driver subscribes with ``Client.subscribe_topic``). A run keeps
+at most one small batch: a record that comes after a quiet spell (nothing sent for
+``FLUSH_INTERVAL``) is sent at once; otherwise records wait until the batch holds
+``MAX_BATCH_RECORDS`` records or ``MAX_BATCH_BYTES`` bytes, or until ``FLUSH_INTERVAL`` after
+the last send, whichever comes first. So a sparse log costs one event per record with no
+added latency, and a busy one at most 1/``FLUSH_INTERVAL`` events a second beyond full batches.
+
+Every event carries the run's id and the sequence number of its first record;
+the run's last event also carries the run's total, and so does a successful result. The
+driver completes the future only once it has handled that many records of the run:
+"result means handled" is a count checked at the end, not a hope about timing.
+
+One event looks like this (a list, because events must be msgpack-serializable)::
+
+    [task id, run id, first sequence number, total or -1, pickled list of pickled records]
+
+Each record is pickled alone, with ``_transport``'s policy (an unpicklable ``extra`` value
+becomes its ``repr()``), so one bad value costs only its own repr and never fails the task.
 """
 
 from __future__ import annotations
@@ -26,39 +42,105 @@ import os
 import pickle
 import sys
 import threading
-from typing import Any, Callable, Optional
+import time
+from typing import Any, Callable, Protocol
 
 from . import _context, _transport
 
 # The levels the driver had at submit: its explicit logger levels, and logging.disable's.
 Levels = tuple[dict[str, int], int]
 
-# What a task sends back: (value or None, error or None, records). ``error`` is Dask's own
-# serialized form of the exception, (exception bytes, traceback bytes or None), which the
-# driver turns back into the exception with its traceback. ``records`` is one bytes object.
-Outcome = tuple[Any, Optional[tuple[bytes, Optional[bytes]]], bytes]
+# A batch is sent when it holds this many records or this many bytes (pickled), whichever
+# comes first. Measured on a loopback cluster (docs/dask.md): events of one record carry
+# ~16k records/s through the scheduler, events of 50 ~110k, of 250 ~150k, and beyond that
+# little changes; the driver's own handling (~75k/s) is then the bound. The byte cap also
+# bounds what the scheduler keeps: it retains the last 1000 events of every topic (its
+# ``distributed.admin.low-level-log-length``) until the executor shuts down.
+MAX_BATCH_RECORDS = 256
+MAX_BATCH_BYTES = 64 * 1024
+# The longest a record waits in a batch that does not fill up, and the quiet spell after
+# which a record is sent at once. Dask's own batched streams add a few milliseconds per hop
+# (worker -> scheduler -> client); at 50 ms a steady trickle of records costs at most 20
+# events a second per running task, and waits 25 ms on average.
+FLUSH_INTERVAL = 0.05
 
-# The task whose records a log call belongs to. Set only inside run_task's own context, so
-# it is unset in every thread that is not running one of our tasks.
-_COLLECTOR: contextvars.ContextVar[_Collector] = contextvars.ContextVar("logexec_dask_collector")
+# Events mark the end of a run with its total; -1 means "more may follow".
+NOT_LAST = -1
+
+# The run a log call belongs to. Set only inside run_task's own context, so it is unset in
+# every thread that is not running one of our tasks.
+_RUN: contextvars.ContextVar[_Run] = contextvars.ContextVar("logexec_dask_run")
 
 _STDERR_FORMATTER = logging.Formatter(logging.BASIC_FORMAT)
 
 
-class _Collector:
-    """The records of one running task, as wire values, in the order they were logged."""
+class Sender(Protocol):
+    """Where a run's events go: the worker's scheduler stream, or a test's list."""
 
-    __slots__ = ("_disabled", "_effective", "_levels", "closed", "lock", "records", "task_id")
+    def send(self, event: list[Any]) -> None: ...
 
-    def __init__(self, task_id: int, levels: Levels) -> None:
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None: ...
+
+
+class _WorkerSender:
+    """Sends events on the executor's topic through the worker's stream to the scheduler."""
+
+    __slots__ = ("_log_event", "_loop", "_topic")
+
+    def __init__(self, worker: Any, topic: str) -> None:
+        self._loop = worker.loop
+        self._log_event = worker.log_event
+        self._topic = topic
+
+    def send(self, event: list[Any]) -> None:
+        # Always through the event loop's callback queue, even from the loop thread itself:
+        # do not change this to calling log_event directly, because from the loop thread it
+        # sends at once, ahead of batches another thread queued a moment earlier. The queue
+        # keeps the worker's order (the driver re-orders by sequence number all the same).
+        self._loop.add_callback(self._log_event, self._topic, event)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        # The loop's own timer, armed from the loop thread: no thread of ours on the worker.
+        self._loop.add_callback(self._loop.call_later, delay, callback)
+
+
+class _Run:
+    """One attempt of one task: its pending batch and how many records it has sent."""
+
+    __slots__ = (
+        "_batch",
+        "_batch_bytes",
+        "_disabled",
+        "_effective",
+        "_last_sent",
+        "_levels",
+        "_sender",
+        "_sent",
+        "_timer_armed",
+        "closed",
+        "lock",
+        "run_id",
+        "task_id",
+    )
+
+    def __init__(self, task_id: int, levels: Levels, sender: Sender) -> None:
         self.task_id = task_id
+        # Tells this attempt from the others of the same task (Dask's retries, or a rerun
+        # after a worker was lost); the driver numbers attempts in the order they appear.
+        self.run_id = os.urandom(8).hex()
         self._levels, self._disabled = levels
         # The driver's effective level per logger name, computed once per name.
         self._effective: dict[str, int] = {}
-        self.records: list[tuple[Any, ...]] = []
-        # Guards records and closed against a thread of the task that logs while the task
-        # returns: its record is either in the outcome or reported, never silently lost.
-        self.lock = threading.Lock()
+        self._sender = sender
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._sent = 0
+        # When the last event left (monotonic); a record after a quiet spell goes at once.
+        self._last_sent = -FLUSH_INTERVAL
+        self._timer_armed = False
+        # Guards the batch against the task's threads and the flush timer. Re-entrant: a
+        # filter or formatter on the worker that logs while we hold it must not deadlock.
+        self.lock = threading.RLock()
         self.closed = False
 
     def wants(self, record: logging.LogRecord) -> bool:
@@ -86,31 +168,93 @@ class _Collector:
             name = name.rpartition(".")[0]
         return levels.get("", logging.WARNING)
 
+    def add(self, payload: bytes) -> bool:
+        """Queue one pickled record; False if the run has already ended."""
+        with self.lock:
+            if self.closed:
+                return False
+            self._batch.append(payload)
+            self._batch_bytes += len(payload)
+            if self._timer_armed:
+                # The timer will send this batch; only a full one goes sooner.
+                if len(self._batch) >= MAX_BATCH_RECORDS or self._batch_bytes >= MAX_BATCH_BYTES:
+                    self._send_batch(NOT_LAST)
+                return True
+            wait = self._last_sent + FLUSH_INTERVAL - time.monotonic()
+            if wait <= 0 or len(self._batch) >= MAX_BATCH_RECORDS or self._batch_bytes >= MAX_BATCH_BYTES:
+                self._send_batch(NOT_LAST)
+            else:
+                self._timer_armed = True
+                self._sender.call_later(wait, self.flush_due)
+            return True
+
+    def flush_due(self) -> None:
+        """The flush timer: send what waits, however little. Runs on the worker's loop."""
+        try:
+            with self.lock:
+                self._timer_armed = False
+                if self._batch and not self.closed:
+                    self._send_batch(NOT_LAST)
+        except Exception:
+            pass  # the worker's loop is not ours to break; finish() sends whatever is left
+
+    def finish(self, always: bool) -> int:
+        """End the run: send the rest with the run's total, and return the total.
+
+        With nothing left in the batch and ``always`` false, nothing is sent: a successful
+        result carries the total itself, so a task that logged nothing pays nothing.
+        """
+        with self.lock:
+            self.closed = True
+            total = self._sent + len(self._batch)
+            if self._batch or always:
+                self._send_batch(total)
+            return total
+
+    def _send_batch(self, total: int) -> None:
+        # Under the lock: the sequence numbers and the sending order agree.
+        batch = self._batch
+        first = self._sent
+        self._sent += len(batch)
+        self._batch = []
+        self._batch_bytes = 0
+        self._last_sent = time.monotonic()
+        # One bytes object for the whole batch: msgpack carries it as it is, and the
+        # driver unpickles a list of bytes (nothing else) before it rebuilds each record.
+        records = pickle.dumps(batch, _transport.PICKLE_PROTOCOL) if batch else b""
+        try:
+            self._sender.send([self.task_id, self.run_id, first, total, records])
+        except Exception as error:
+            # The worker is closing (its loop is gone). Never fail the task over it; the
+            # driver's count will show these records missing.
+            _write_problem(
+                f"could not send {len(batch)} record(s) of a logexec task to the scheduler "
+                f"({type(error).__name__}: {error})"
+            )
+
 
 class _TaskHandler(logging.Handler):
     """The handler on a worker's root logger while any of our tasks runs there."""
 
     def handle(self, record: logging.LogRecord) -> bool:
-        # No handler lock: the collector is per task and list.append is atomic.
+        # No handler lock: each run has its own.
         self.emit(record)
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
-        collector = _COLLECTOR.get(None)
-        if collector is None:
+        run = _RUN.get(None)
+        if run is None:
             return  # not logged inside one of our tasks: not ours to take
         try:
-            if not collector.wants(record):
+            if not run.wants(record):
                 return
             # Merge the message and render the exception now, while args and exc_info
             # still hold the values of the moment of the call.
-            values = _transport.record_values(record, collector.task_id)
-            with collector.lock:
-                if not collector.closed:
-                    collector.records.append(values)
-                    return
+            payload = _transport.encode_values(_transport.record_values(record, run.task_id))
+            if run.add(payload):
+                return
             # A thread that inherited the task's context logged after the task returned.
-            # Its outcome is gone; keep the record rather than drop it.
+            # Its run has ended; keep the record rather than drop it.
             _write_to_stderr(record, "logged after its logexec task had returned")
         except Exception:
             # Never raise into the task (record_values itself does not, but be sure).
@@ -188,8 +332,12 @@ class _LoggingLease:
 
 _LEASE = _LoggingLease()
 
+# What a successful task returns to Dask: its run id, how many records it sent, its value.
+Outcome = tuple[str, int, Any]
+
 
 def run_task(
+    topic: str,
     task_id: int,
     levels: Levels,
     propagated: tuple[_context.VarAddress, ...],
@@ -199,79 +347,73 @@ def run_task(
     /,
     *args: Any,
 ) -> Outcome:
-    """Run one task on a Dask worker; return its outcome together with its records.
+    """Run one attempt of a task on a Dask worker, its records sent on ``topic`` as it goes.
 
-    Never raises because of the user's function: its exception is part of the outcome,
-    so the records logged before it still reach the driver.
+    The user's exception propagates, so that Dask sees an erred task (its dashboard, its
+    ``retries``); the run's last event, with its total, is queued before it does.
     """
-    collector = _Collector(task_id, levels)
-    lease = _LEASE.acquire(levels[0])
-    try:
-        return contextvars.copy_context().run(_collect, collector, propagated, captured, fn, args, kwargs)
-    finally:
-        collector.closed = True
-        _LEASE.release(lease)
+    from distributed import get_worker
+
+    return execute(
+        _WorkerSender(get_worker(), topic), task_id, levels, propagated, captured, fn, args, kwargs
+    )
 
 
-def _collect(
-    collector: _Collector,
+def execute(
+    sender: Sender,
+    task_id: int,
+    levels: Levels,
     propagated: tuple[_context.VarAddress, ...],
     captured: _context.CapturedValues | None,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Outcome:
-    _COLLECTOR.set(collector)
-    value: Any = None
-    error: tuple[bytes, bytes | None] | None = None
+    """``run_task`` with the sender given (tests run it in-process)."""
+    run = _Run(task_id, levels, sender)
+    lease = _LEASE.acquire(levels[0])
     try:
-        if captured is not None:
-            value = _context.call_with_values(propagated, captured, fn, *args, **kwargs)
-        else:
-            value = fn(*args, **kwargs)
-    except BaseException as exception:  # as ProcessPoolExecutor's workers do
-        error = _serialize_error(exception)
-    with collector.lock:
-        collector.closed = True
-        collected, collector.records = collector.records, []
-    # Each record is pickled alone, so that one bad value costs only its own repr (and, in
-    # the driver, only its own record). The list then travels as one bytes object: do not
-    # change this to return the list itself, because Dask serializes each element of a
-    # returned list as a frame of its own, which made the transfer ten times slower.
-    records = pickle.dumps(
-        [_transport.encode_values(values) for values in collected], _transport.PICKLE_PROTOCOL
-    )
-    return value, error, records
+        try:
+            value = contextvars.copy_context().run(_call, run, propagated, captured, fn, args, kwargs)
+        except BaseException:
+            # Always a last event, even with no records: it tells the driver that this
+            # attempt ran, and how many records to wait for. Dask's error report leaves
+            # the worker after it on the same ordered stream.
+            run.finish(always=True)
+            raise
+        total = run.finish(always=False)
+    finally:
+        _LEASE.release(lease)
+    return run.run_id, total, value
 
 
-def records_of(outcome: Outcome) -> bytes:
-    """Runs where an outcome is held, when the outcome as a whole could not be sent."""
-    return outcome[2]
-
-
-def _serialize_error(exception: BaseException) -> tuple[bytes, bytes | None]:
-    # Dask's own serialization of a task's exception (tblib for the traceback, a repr for
-    # what will not pickle, truncation of huge messages), so the driver sees the same
-    # exception that Client.submit would have raised.
-    try:
-        from distributed.core import error_message
-
-        message: Any = error_message(exception)
-        exception_bytes = getattr(message["exception"], "data", message["exception"])
-        traceback = message.get("traceback")
-        traceback_bytes = getattr(traceback, "data", traceback) if traceback is not None else None
-    except Exception as problem:  # never lose the records over the error's own transport
-        # Only type names here: the exception's own __repr__ may be what failed.
-        substitute = RuntimeError(
-            f"the task raised {type(exception).__qualname__}, which could not be sent to the "
-            f"driver ({type(problem).__qualname__} while serializing it)"
-        )
-        return pickle.dumps(substitute), None
-    return bytes(exception_bytes), None if traceback_bytes is None else bytes(traceback_bytes)
+def _call(
+    run: _Run,
+    propagated: tuple[_context.VarAddress, ...],
+    captured: _context.CapturedValues | None,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    _RUN.set(run)
+    if captured is not None:
+        return _context.call_with_values(propagated, captured, fn, *args, **kwargs)
+    return fn(*args, **kwargs)
 
 
 def _depth(name: str) -> tuple[int, str]:
     return (name.count(".") + bool(name), name)
+
+
+def _write_problem(problem: str) -> None:
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.write(f"logexec: on Dask worker pid {os.getpid()}: {problem}\n")
+        stream.flush()
+    except Exception:
+        pass
 
 
 def _write_to_stderr(record: logging.LogRecord, problem: str) -> None:

@@ -141,3 +141,63 @@ class Unreportable(Exception):
 def log_then_raise_unreportable(tag: str) -> None:
     LOGGER.warning("%s before", tag)
     raise Unreportable()
+
+
+def log_then_sleep(tag: str, seconds: float) -> str:
+    """Log one record at once, then keep running: the record must not wait for the end."""
+    import time
+
+    LOGGER.warning("%s started", tag)  # after a quiet spell: sent at once
+    LOGGER.warning("%s still starting", tag)  # right after: waits for the worker's flush timer
+    time.sleep(seconds)
+    return tag
+
+
+def fail_until_attempt(counter_path: str, succeed_on: int, tag: str) -> str:
+    """Count attempts in a file (attempts may run on different workers); raise until ``succeed_on``."""
+    with open(counter_path, "a+") as counter:
+        counter.seek(0)
+        attempt = len(counter.read()) + 1
+        counter.write("x")
+    LOGGER.warning("%s attempt %d", tag, attempt)
+    if attempt < succeed_on:
+        raise RuntimeError(f"{tag} attempt {attempt} failed")
+    return f"{tag} succeeded on attempt {attempt}"
+
+
+def log_many_then_raise(tag: str, count: int) -> None:
+    log_messages(tag, count)
+    raise LookupError(f"{tag} failed after {count} records")
+
+
+def raise_for_the_scheduler(tag: str) -> None:
+    raise ZeroDivisionError(f"{tag} erred")
+
+
+def log_at_times(count: int, gap: float) -> int:
+    """Log ``count`` records ``gap`` seconds apart (for latency)."""
+    import time
+
+    for index in range(count):
+        LOGGER.warning("tick %d", index)
+        time.sleep(gap)
+    return count
+
+
+def worker_pid() -> int:
+    return os.getpid()
+
+
+def die_on_first_attempt(counter_path: str, tag: str) -> str:
+    """Log, give the record time to leave, then kill this worker process on the first attempt."""
+    import time
+
+    with open(counter_path, "a+") as counter:
+        counter.seek(0)
+        attempt = len(counter.read()) + 1
+        counter.write("x")
+    LOGGER.warning("%s attempt %d", tag, attempt)
+    if attempt == 1:
+        time.sleep(1.0)  # the record goes at once (quiet spell); Dask's stream writes within ms
+        os._exit(1)
+    return tag

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import importlib
 import logging
+import pickle
 import sys
 import threading
 import time
@@ -80,19 +81,39 @@ def test_import_without_distributed_names_the_extra(monkeypatch: pytest.MonkeyPa
 # The worker side, in this process (no cluster) -------------------------------------------
 
 
-def _rebuilt(records: bytes) -> list[logging.LogRecord]:
-    import pickle
+class ListSender:
+    """Stands in for the worker's stream: keeps events, and timers to fire by hand."""
 
-    from logexec import _transport
+    def __init__(self) -> None:
+        self.events: list[list[Any]] = []
+        self.timers: list[Callable[[], None]] = []
 
-    return [
-        _transport.build_record(_transport.decode_values(payload))[1] for payload in pickle.loads(records)
-    ]
+    def send(self, event: list[Any]) -> None:
+        self.events.append(event)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.timers.append(callback)
+
+    def records(self) -> list[logging.LogRecord]:
+        from logexec import _transport
+
+        return [
+            _transport.build_record(_transport.decode_values(payload))[1]
+            for event in self.events
+            if event[4]
+            for payload in pickle.loads(event[4])
+        ]
+
+
+def run_here(sender: ListSender, task_id: int, levels: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run the worker's task wrapper in this process, its events going to ``sender``."""
+    from logexec import _dask_worker
+
+    return _dask_worker.execute(sender, task_id, levels, (), None, fn, args, {})
 
 
 def test_worker_wrapper_collects_only_its_own_context() -> None:
-    """The task wrapper returns the task's records, and none logged elsewhere meanwhile."""
-    from logexec import _dask_worker
+    """The task wrapper sends the task's records, and none logged elsewhere meanwhile."""
 
     def task() -> int:
         dask_tasks.LOGGER.warning("mine")
@@ -101,10 +122,63 @@ def test_worker_wrapper_collects_only_its_own_context() -> None:
         other.join(timeout=10)
         return 7
 
-    value, error, records = _dask_worker.run_task(3, ({"": logging.WARNING}, 0), (), None, task, {})
-    assert (value, error) == (7, None)
-    assert [record.getMessage() for record in _rebuilt(records)] == ["mine"]
+    sender = ListSender()
+    run_id, total, value = run_here(sender, 3, ({"": logging.WARNING}, 0), task)
+    assert (total, value) == (1, 7)
+    assert [record.getMessage() for record in sender.records()] == ["mine"]
+    assert [event[:4] for event in sender.events] == [[3, run_id, 0, -1]]  # sent at once
     assert not any(type(handler).__name__ == "_TaskHandler" for handler in logging.getLogger().handlers)
+
+
+def test_worker_batches_are_bounded_and_numbered() -> None:
+    """A batch never exceeds MAX_BATCH_RECORDS; sequence numbers run on; the last event has the total."""
+    from logexec import _dask_worker
+
+    sender = ListSender()
+    count = 2 * _dask_worker.MAX_BATCH_RECORDS + 10
+    _, total, _ = run_here(sender, 1, ({"": logging.WARNING}, 0), dask_tasks.log_messages, "b", count)
+    assert total == count
+    sizes = [len(pickle.loads(event[4])) for event in sender.events]
+    assert max(sizes) <= _dask_worker.MAX_BATCH_RECORDS
+    assert [event[2] for event in sender.events] == [sum(sizes[:i]) for i in range(len(sizes))]
+    assert [event[3] for event in sender.events] == [_dask_worker.NOT_LAST] * (len(sizes) - 1) + [count]
+    assert [record.getMessage() for record in sender.records()] == [f"b {i}" for i in range(count)]
+
+
+def test_worker_timer_sends_a_partial_batch() -> None:
+    """A record after a quiet spell goes at once; the next ones wait for the timer, not for the task's end."""
+    sender = ListSender()
+    seen_during_task: list[int] = []
+
+    def task() -> None:
+        dask_tasks.LOGGER.warning("first")  # nothing sent yet: goes at once
+        seen_during_task.append(len(sender.events))
+        dask_tasks.LOGGER.warning("second")  # right after: waits in the batch
+        dask_tasks.LOGGER.warning("third")
+        assert len(sender.timers) == 1 and len(sender.events) == 1
+        sender.timers.pop()()  # the worker's loop would fire it within FLUSH_INTERVAL
+        seen_during_task.append(len(sender.events))
+
+    run_here(sender, 2, ({"": logging.WARNING}, 0), task)
+    assert seen_during_task == [1, 2]
+    assert [event[2:4] for event in sender.events] == [[0, -1], [1, -1]]  # the result says 3
+    assert [record.getMessage() for record in sender.records()] == ["first", "second", "third"]
+
+
+def test_worker_failure_sends_the_total_then_raises() -> None:
+    """A task that raises: its records and total are sent first, then the exception propagates to Dask."""
+    sender = ListSender()
+    with pytest.raises(LookupError, match="after 3 records"):
+        run_here(sender, 4, ({"": logging.WARNING}, 0), dask_tasks.log_many_then_raise, "f", 3)
+    assert sender.events[-1][3] == 3
+    assert len(sender.records()) == 3
+
+
+def test_worker_silent_success_sends_nothing() -> None:
+    """A task that logs nothing and succeeds sends no event; its result says 0 records."""
+    sender = ListSender()
+    _, total, value = run_here(sender, 5, ({"": logging.WARNING}, 0), dask_tasks.add, 1, 2)
+    assert (total, value, sender.events) == (0, 3, [])
 
 
 def test_worker_levels_are_lowered_only_while_tasks_run() -> None:
@@ -151,10 +225,11 @@ def test_worker_filters_by_its_own_drivers_levels() -> None:
             dask_tasks.LOGGER.info("too low")
             dask_tasks.LOGGER.warning("kept")
 
-        _, _, records = _dask_worker.run_task(4, ({"": logging.WARNING}, 0), (), None, task, {})
+        sender = ListSender()
+        run_here(sender, 4, ({"": logging.WARNING}, 0), task)
     finally:
         lease.release(other)
-    assert [record.getMessage() for record in _rebuilt(records)] == ["kept"]
+    assert [record.getMessage() for record in sender.records()] == ["kept"]
 
 
 def test_worker_late_record_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
@@ -176,15 +251,152 @@ def test_worker_late_record_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -
         late = threading.Thread(target=contextvars.copy_context().run, args=(log_later,))
         late.start()
 
-    _, _, records = _dask_worker.run_task(5, ({"": logging.WARNING}, 0), (), None, task, {})
+    sender = ListSender()
+    run_here(sender, 5, ({"": logging.WARNING}, 0), task)
     holder = _dask_worker._LEASE.acquire({"": logging.WARNING})  # keep the handler installed
     try:
         release.set()
         late.join(timeout=10)
     finally:
         _dask_worker._LEASE.release(holder)
-    assert _rebuilt(records) == []
+    assert sender.records() == []
     assert "too late" in capsys.readouterr().err
+
+
+# The driver side, in this process (a stand-in client, no cluster) ----------------------------
+
+
+class FakeClient:
+    """Just what the driver's receiver calls on a distributed.Client."""
+
+    id = "fake-client"
+    status = "running"
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Callable[[Any], None]] = {}
+
+    def subscribe_topic(self, topic: str, handler: Callable[[Any], None]) -> None:
+        self.handlers[topic] = handler
+
+    def unsubscribe_topic(self, topic: str) -> None:
+        self.handlers.pop(topic, None)
+
+    def run_on_scheduler(self, function: Callable[..., Any], *args: Any) -> bool:
+        return True
+
+    def gather(self, futures: list[Any]) -> list[Any]:
+        return [future.value for future in futures]
+
+
+class FakeDaskFuture:
+    def __init__(self, status: str, value: Any = None, error: BaseException | None = None) -> None:
+        self.status = status
+        self.value = value
+        self.error = error
+
+    def exception(self) -> BaseException | None:
+        return self.error
+
+    def traceback(self) -> None:
+        return None
+
+
+def event(task_id: int, run_id: str, first: int, total: int, messages: list[str]) -> tuple[float, list[Any]]:
+    """An event as the client's handler receives it: (time, [task, run, first, total, records])."""
+    from logexec import _transport
+
+    payloads = [
+        _transport.encode_values(
+            _transport.record_values(
+                logging.LogRecord("tests.dask", logging.WARNING, __file__, 1, message, None, None), task_id
+            )
+        )
+        for message in messages
+    ]
+    return (time.time(), [task_id, run_id, first, total, pickle.dumps(payloads) if payloads else b""])
+
+
+@pytest.fixture(scope="module")
+def logexec_dask() -> Any:
+    """logexec.dask, imported before any test's logging snapshot.
+
+    Module scope matters: the autouse clean_logging fixture resets loggers created during a test,
+    and importing distributed creates its loggers (propagate=False); reset, they would spill into root.
+    """
+    pytest.importorskip("distributed")
+    return importlib.import_module("logexec.dask")
+
+
+@pytest.fixture
+def receiver(logexec_dask: Any) -> Iterator[tuple[Any, FakeClient, ListHandler]]:
+    """A driver-side receiver on a stand-in client, dispatching to one ListHandler; closed afterwards."""
+    from logexec._dask_receiver import Receiver
+    from logexec._dispatch import Dispatcher
+
+    client = FakeClient()
+    handler = ListHandler()
+    made = Receiver(client, Dispatcher((handler,)), "logexec-test")
+    yield made, client, handler
+    made.close(wait=True)
+
+
+def submitted(receiver: Any, task_id: int, dask_future: FakeDaskFuture) -> Any:
+    from concurrent.futures import Future
+
+    from logexec._dask_receiver import Task
+
+    task = Task(task_id, Future())
+    task.dask_future = dask_future
+    receiver.add(task)
+    return task
+
+
+def test_driver_handles_batches_in_sequence_order(receiver: tuple[Any, FakeClient, ListHandler]) -> None:
+    """Batches that arrive out of order are handled in the worker's order, and marked with their attempt."""
+    made, client, handler = receiver
+    task = submitted(made, 1, FakeDaskFuture("finished", value=("run-a", 4, "value")))
+    deliver = client.handlers["logexec-test"]
+    deliver(event(1, "run-a", 2, -1, ["r2", "r3"]))
+    deliver(event(1, "run-a", 0, -1, ["r0", "r1"]))
+    made.arrived(task)
+    assert task.future.result(timeout=RESULT_TIMEOUT) == "value"
+    assert messages(handler) == ["r0", "r1", "r2", "r3"]
+    assert {getattr(record, "dask_attempt", None) for record in handler.records} == {1}
+
+
+def test_driver_waits_for_the_count_not_for_luck(receiver: tuple[Any, FakeClient, ListHandler]) -> None:
+    """An erred task whose last records arrive after Dask's outcome completes only once they are handled."""
+    made, client, handler = receiver
+    task = submitted(made, 2, FakeDaskFuture("error", error=KeyError("late")))
+    deliver = client.handlers["logexec-test"]
+    deliver(event(2, "run-b", 0, -1, ["b0"]))
+    made.arrived(task)
+    with pytest.raises(TimeoutError):
+        task.future.result(timeout=0.3)  # Dask said "erred", but the run's total is not known yet
+    deliver(event(2, "run-b", 1, 3, ["b1", "b2"]))  # ... an erred run's last event says 3
+    with pytest.raises(KeyError, match="late"):
+        task.future.result(timeout=RESULT_TIMEOUT)
+    assert messages(handler) == ["b0", "b1", "b2"]
+
+
+def test_driver_reports_records_that_never_arrive(
+    receiver: tuple[Any, FakeClient, ListHandler], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records the count says are missing: the future completes after a timeout, with an error record."""
+    from logexec import _dask_receiver
+
+    monkeypatch.setattr(_dask_receiver, "LATE_RECORDS_TIMEOUT", 0.3)
+    reports = ListHandler()
+    logging.getLogger("logexec").addHandler(reports)
+    made, client, handler = receiver
+    task = submitted(made, 3, FakeDaskFuture("finished", value=("run-c", 3, "value")))
+    client.handlers["logexec-test"](event(3, "run-c", 0, -1, ["c0"]))
+    made.arrived(task)
+    begin = time.monotonic()
+    assert task.future.result(timeout=RESULT_TIMEOUT) == "value"
+    assert time.monotonic() - begin >= 0.25
+    assert messages(handler) == ["c0"]
+    assert any("2 record(s) of Dask task 3 did not reach the driver" in m for m in messages(reports))
 
 
 # Arguments ---------------------------------------------------------------------------------
@@ -206,6 +418,36 @@ def test_rejects_bad_handlers(client: Any) -> None:
 
     with pytest.raises(TypeError, match="handlers must be None or a sequence"):
         LoggingDaskExecutor(client, handlers=logging.StreamHandler())
+
+
+@pytest.mark.integration
+def test_rejects_bad_submit_options(client: Any) -> None:
+    """Options for client.submit are checked at construction, and each error names its parameter."""
+    from logexec.dask import LoggingDaskExecutor
+
+    with pytest.raises(TypeError, match=r"unexpected keyword argument.*key"):
+        LoggingDaskExecutor(client, key="fixed")
+    with pytest.raises(ValueError, match="pure must be False"):
+        LoggingDaskExecutor(client, pure=True)
+    with pytest.raises(ValueError, match="retries must be None or an int >= 0, got -1"):
+        LoggingDaskExecutor(client, retries=-1)
+    with pytest.raises(TypeError, match="priority must be a number"):
+        LoggingDaskExecutor(client, priority="high")
+    with pytest.raises(TypeError, match="resources must be None or a mapping"):
+        LoggingDaskExecutor(client, resources=["GPU"])
+
+
+@pytest.mark.integration
+def test_submit_options_reach_dask(client: Any, make_executor: Callable[..., Any]) -> None:
+    """workers= (like every submit option) is passed to client.submit: the tasks run where it says."""
+    pids = client.run(dask_tasks.worker_pid)
+    address, pid = sorted(pids.items())[0]
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler], workers=[address], allow_other_workers=False, priority=5)
+    futures = [executor.submit(dask_tasks.log_messages, f"pinned{index}", 1) for index in range(4)]
+    for future in futures:
+        future.result(timeout=RESULT_TIMEOUT)
+    assert {record.process for record in handler.records} == {pid}
 
 
 # Semantics ---------------------------------------------------------------------------------
@@ -426,6 +668,90 @@ def test_shutdown_can_cancel_waiting_tasks(
     assert "kept 0" in messages(handler)
 
 
+# Live delivery, and Dask's view of the task --------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(40)
+def test_records_arrive_while_the_task_runs(make_executor: Callable[..., Any]) -> None:
+    """Records logged at the start of a 6-second task are handled within a second, before the task ends."""
+    arrived = threading.Event()
+    delays: list[float] = []
+
+    class Timing(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            delays.append(time.time() - record.created)
+            if len(delays) == 2:
+                arrived.set()
+
+    future = make_executor(handlers=[Timing()]).submit(dask_tasks.log_then_sleep, "live", 6.0)
+    # The first goes at once; the second, right behind it, waits for the worker's flush timer.
+    assert arrived.wait(timeout=5.0), f"{len(delays)} of 2 records arrived while the task ran"
+    assert not future.done()
+    assert max(delays) < 1.0, f"records took {delays} s from the log call to the handler"
+    assert future.result(timeout=RESULT_TIMEOUT) == "live"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_retries_deliver_every_attempt(make_executor: Callable[..., Any], tmp_path: Any) -> None:
+    """Under retries=2, a task failing twice returns its result, with all 3 attempts' records, marked."""
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler], retries=2)
+    future = executor.submit(dask_tasks.fail_until_attempt, str(tmp_path / "attempts"), 3, "retried")
+    assert future.result(timeout=RESULT_TIMEOUT) == "retried succeeded on attempt 3"
+    assert messages(handler) == ["retried attempt 1", "retried attempt 2", "retried attempt 3"]
+    assert [getattr(record, "dask_attempt", None) for record in handler.records] == [1, 2, 3]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_retries_exhausted_raise_the_last_error(make_executor: Callable[..., Any], tmp_path: Any) -> None:
+    """When every attempt fails, the future raises the last one's exception, after every attempt's records."""
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler], retries=1)
+    future = executor.submit(dask_tasks.fail_until_attempt, str(tmp_path / "attempts"), 5, "exhausted")
+    with pytest.raises(RuntimeError, match="exhausted attempt 2 failed"):
+        future.result(timeout=RESULT_TIMEOUT)
+    assert messages(handler) == ["exhausted attempt 1", "exhausted attempt 2"]
+
+
+@pytest.mark.integration
+def test_the_scheduler_sees_a_failing_task_as_erred(client: Any, make_executor: Callable[..., Any]) -> None:
+    """A task that raises is an erred task to Dask's scheduler, and our future raises the same exception."""
+
+    def erred_keys(dask_scheduler: Any) -> list[str]:
+        return [
+            str(transition.key)
+            for transition in dask_scheduler.transition_log
+            if str(transition.key).startswith("raise_for_the_scheduler-logexec-")
+            and transition.finish == "erred"
+        ]
+
+    future = make_executor().submit(dask_tasks.raise_for_the_scheduler, "dashboard")
+    with pytest.raises(ZeroDivisionError, match="dashboard erred") as raised:
+        future.result(timeout=RESULT_TIMEOUT)
+    assert "raise_for_the_scheduler" in [frame.name for frame in raised.traceback]
+    assert len(client.run_on_scheduler(erred_keys)) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_result_means_logged_for_300_records_per_task(make_executor: Callable[..., Any]) -> None:
+    """With 300 records per task (several batches each), all are handled when result() returns or raises."""
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler])
+    futures = {f"many{i}": executor.submit(dask_tasks.log_messages, f"many{i}", 300) for i in range(6)}
+    failing = executor.submit(dask_tasks.log_many_then_raise, "manyfail", 300)
+    for tag, future in futures.items():
+        assert future.result(timeout=RESULT_TIMEOUT) == tag
+        assert [m for m in messages(handler) if m.split()[0] == tag] == [f"{tag} {i}" for i in range(300)]
+    with pytest.raises(LookupError):
+        failing.result(timeout=RESULT_TIMEOUT)
+    failed = [m for m in messages(handler) if m.split()[0] == "manyfail"]
+    assert failed == [f"manyfail {i}" for i in range(300)]
+
+
 # Isolation and hygiene ---------------------------------------------------------------------
 
 
@@ -510,18 +836,28 @@ def test_twenty_thousand_records_arrive(make_executor: Callable[..., Any]) -> No
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_shutdown_leaves_nothing_behind(client: Any, make_executor: Callable[..., Any]) -> None:
-    """After shutdown, workers' logging and plugins and the scheduler's plugins are as before."""
+    """After shutdown, workers, scheduler (plugins, topics, subscriptions) and driver are as before."""
 
     def worker_plugins(dask_worker: Any) -> list[str]:
         return sorted(dask_worker.plugins)
 
-    def scheduler_state(dask_scheduler: Any) -> tuple[list[str], list[str]]:
-        return sorted(dask_scheduler.plugins), sorted(dask_scheduler.get_events())
+    def scheduler_state(dask_scheduler: Any) -> tuple[list[str], list[str], list[str]]:
+        # The broker is private to distributed; reading it here is how a test can see subscriptions.
+        subscribed = [name for name, topic in dask_scheduler._broker._topics.items() if topic.subscribers]
+        # Dask logs its own events (each update-graph under "scheduler"); only ours must go.
+        ours = [name for name in dask_scheduler.get_events() if name.startswith("logexec-")]
+        return sorted(dask_scheduler.plugins), sorted(ours), sorted(subscribed)
+
+    def driver_state() -> tuple[list[str], list[str]]:
+        topics = sorted(topic for topic in client._event_handlers if topic.startswith("logexec-"))
+        threads = sorted(t.name for t in threading.enumerate() if t.name.startswith("logexec-dask"))
+        return topics, threads
 
     before = (
         client.run(dask_tasks.worker_logging_state),
         client.run(worker_plugins),
         client.run_on_scheduler(scheduler_state),
+        driver_state(),
     )
     logging.getLogger().setLevel(logging.DEBUG)
     logging.getLogger("tests.dask.cleanup").setLevel(logging.DEBUG)
@@ -531,11 +867,14 @@ def test_shutdown_leaves_nothing_behind(client: Any, make_executor: Callable[...
     ]
     for future in futures:
         future.result(timeout=RESULT_TIMEOUT)
+    during = client.run_on_scheduler(scheduler_state)
+    assert executor._topic in during[1] and executor._topic in during[2]  # the check can fail
     executor.shutdown(wait=True)
     after = (
         client.run(dask_tasks.worker_logging_state),
         client.run(worker_plugins),
         client.run_on_scheduler(scheduler_state),
+        driver_state(),
     )
     assert after == before
     assert client.status == "running"
@@ -554,3 +893,18 @@ def test_shutdown_without_wait_still_handles_everything(
     for future in futures:
         future.result(timeout=RESULT_TIMEOUT)
     assert len(handler.records) == 12
+
+
+# Last in the module: it kills a worker of the shared cluster (its nanny starts a new one).
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_a_lost_worker_keeps_what_it_sent(make_executor: Callable[..., Any], tmp_path: Any) -> None:
+    """When a worker dies mid-task, what it had sent is handled, and Dask's rerun is the next attempt."""
+    handler = ListHandler()
+    executor = make_executor(handlers=[handler])
+    future = executor.submit(dask_tasks.die_on_first_attempt, str(tmp_path / "attempts"), "lost")
+    assert future.result(timeout=60) == "lost"
+    assert messages(handler) == ["lost attempt 1", "lost attempt 2"]
+    assert [getattr(record, "dask_attempt", None) for record in handler.records] == [1, 2]
