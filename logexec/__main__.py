@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=writable_file,
         metavar="FILE",
         default=None,
-        help="file the parent writes the JSON lines to; overwritten (default: a new temporary "
-        "file, kept, whose path is printed)",
+        help="file the parent writes the JSON lines to, overwritten and kept (default: a new "
+        "temporary file, deleted once it verifies, kept for inspection if it does not)",
     )
     demo.add_argument(
         "--compare",

@@ -231,6 +231,8 @@ class RunResult:
         self.verdict = verdict
         self.path = path
         self.problem = problem
+        # Set once a verified temporary output file has been deleted.
+        self.deleted = False
 
     @property
     def ok(self) -> bool:
@@ -257,14 +259,14 @@ class RunResult:
             ("lost", str(self.verdict.lost)),
             ("duplicated", str(self.verdict.duplicated)),
             ("corrupt", str(self.verdict.corrupt)),
-            ("file", self.path),
+            ("file", f"{self.path} (deleted after verifying)" if self.deleted else self.path),
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
 
 
 def default_output_path() -> str:
-    """A new temporary file for the demo's output; it is kept so that it can be inspected."""
+    """A new temporary file for the demo's output; ``run_demo`` deletes it once verified."""
     descriptor, path = tempfile.mkstemp(prefix="logexec-demo-", suffix=".jsonl")
     os.close(descriptor)
     return path
@@ -365,16 +367,29 @@ def run_demo(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     method = start_method or multiprocessing.get_start_method()
+    # The output (16 MB at the default size) is kept only where it was asked for, or where
+    # it is the evidence of a failed verification; a passing run leaves nothing behind.
+    keep = out is not None
     path = out or default_output_path()
-    stdout.write(
-        f"logexec demo: {records:,} records from {workers} worker(s), start method {method}\noutput: {path}\n"
-    )
+    where = path if keep else f"{path} (a temporary file, deleted if it verifies; --out FILE keeps it)"
+    stdout.write(f"logexec demo: {records:,} records from {workers} worker(s), start method {method}\n")
+    stdout.write(f"output: {where}\n")
     stdout.flush()
-    result = run_workload(records, workers, method, path, progress_stream=stderr)
+    try:
+        result = run_workload(records, workers, method, path, progress_stream=stderr)
+    except BaseException:
+        if not keep:
+            _remove(path)
+        raise
+    if result.ok and not keep:
+        _remove(path)
+        result.deleted = True
     stdout.write(result.table() + "\n")
     if result.problem:
         stdout.write(f"problem: {result.problem}\n")
     stdout.write(("verified: " if result.ok else "FAILED: ") + result.summary_line() + "\n")
+    if not result.ok:
+        stdout.write(f"the output is kept for inspection: {path}\n")
     stdout.flush()
     ok = result.ok
     if compare:
@@ -383,3 +398,10 @@ def run_demo(
         size = compare_records if compare_records is not None else min(records, _compare.DEFAULT_RECORDS)
         ok = _compare.run_comparison(size, workers, method, stdout, stderr) and ok
     return 0 if ok else 1
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass  # already gone, or never made: nothing is left behind either way

@@ -13,7 +13,13 @@ from collections.abc import Iterable
 
 
 def check_handlers(handlers: Iterable[object] | None) -> tuple[logging.Handler, ...] | None:
-    """Validate the ``handlers=`` option: None, or an iterable of ``logging.Handler``."""
+    """Validate the ``handlers=`` option: None, or a non-empty iterable of ``logging.Handler``.
+
+    An empty one is refused rather than given a meaning: records sent to no handler are
+    silently dropped, which is never what ``handlers=[]`` (often a list that a config
+    failed to fill) was meant to say. To drop worker records on purpose, pass
+    ``[logging.NullHandler()]``; to use the parent's own configuration, pass ``None``.
+    """
     if handlers is None:
         return None
     if isinstance(handlers, (str, bytes, logging.Handler)) or not isinstance(handlers, Iterable):
@@ -23,6 +29,12 @@ def check_handlers(handlers: Iterable[object] | None) -> tuple[logging.Handler, 
         if not isinstance(handler, logging.Handler):
             raise TypeError(f"handlers[{index}] must be a logging.Handler, got {handler!r}")
         checked.append(handler)
+    if not checked:
+        raise ValueError(
+            f"handlers must be None or contain at least one logging.Handler, got {handlers!r}: "
+            "with no handler every worker record would be dropped (pass None to use the "
+            "parent's logging configuration, or [logging.NullHandler()] to drop them on purpose)"
+        )
     return tuple(checked)
 
 

@@ -58,13 +58,22 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import _compat, _context, _worker
 from ._dispatch import Dispatcher, check_handlers
 from ._listener import Listener, report
 
 T = TypeVar("T")
+# submit() is typed as typeshed types Executor.submit, so that a type checker matches the
+# arguments against fn's parameters. ParamSpec is in typing from 3.10; before that it comes
+# from typing_extensions at type-check time only: no runtime dependency.
+if sys.version_info >= (3, 10):
+    from typing import ParamSpec
+elif TYPE_CHECKING:
+    from typing_extensions import ParamSpec
+if TYPE_CHECKING or sys.version_info >= (3, 10):
+    P = ParamSpec("P")
 
 # Key size for the listener's HMAC handshake: the size of a SHA-256 block's security level.
 KEY_SIZE = 32
@@ -73,20 +82,55 @@ KEY_SIZE = 32
 class LoggingProcessPoolExecutor(ProcessPoolExecutor):
     """A ``ProcessPoolExecutor`` whose workers' records are handled by the parent's logging.
 
-    Use it exactly like ``ProcessPoolExecutor``. Every record logged in a worker is sent
-    to this process and handled by its logging configuration, as if the call had been made
-    here: ``logging.getLogger(record.name).handle(record)``. With ``handlers`` given, records
-    go to exactly those handlers instead.
+    Use it exactly like ``ProcessPoolExecutor``: the same positional parameters, ``submit``,
+    ``map``, ``shutdown``, the ``with`` statement, task exceptions and ``BrokenProcessPool``.
+    Every record logged in a worker is sent to this process and handled by its logging
+    configuration, as if the call had been made here:
+    ``logging.getLogger(record.name).handle(record)``, so dictConfig set-ups, per-logger
+    handlers, filters and pytest's ``caplog`` apply unchanged.
 
     Keyword-only options:
 
-    handlers
-        ``None`` (dispatch by logger name, the default) or a sequence of
-        ``logging.Handler``.
-    propagate_contextvars
-        Module-level ``contextvars.ContextVar`` objects whose values at ``submit`` are set
-        in the worker while the task runs. (Parent-side filters always see the submitter's
-        whole context, with or without this.)
+    - ``max_tasks_per_child``: as in the stdlib, which has it from 3.11 (earlier, passing
+      it fails as the stdlib fails).
+    - ``handlers``: ``None`` (dispatch by logger name, the default) or a non-empty sequence
+      of ``logging.Handler`` that receive every worker record instead, each respecting its
+      own level, and never root's. An empty sequence is a ``ValueError``, since it would
+      drop every record; ``[logging.NullHandler()]`` drops them on purpose.
+    - ``propagate_contextvars``: module-level ``contextvars.ContextVar`` objects whose
+      values at ``submit`` are set in the worker while the task runs. (Parent-side filters
+      always see the submitter's whole context, with or without this.)
+
+    Platforms: POSIX only (each worker connects back over an ``AF_UNIX`` socket), CPython
+    3.9 to 3.13, under the spawn, fork and forkserver start methods. On x86-64 Linux records
+    travel through a shared-memory ring per worker; elsewhere, or with
+    ``LOGEXEC_SHARED_MEMORY=0``, through the worker's connection, with the same guarantees.
+
+    When a worker starts, logexec's initializer runs first, then yours (so yours can log).
+    It removes every handler and filter the worker inherited (under fork, all of the
+    parent's), sets ``propagate`` back to true, puts one ``QueueHandler`` on the root
+    logger, and applies the parent's logger levels and ``logging.disable``, so that records
+    the parent would not handle are not even made. The parent's current levels decide:
+    a level lowered in the parent while a task runs does not make that task produce the
+    records it would now allow.
+
+    What ``result()`` guarantees: when ``future.result()`` returns or raises the task's
+    exception (and likewise for ``map``, ``as_completed`` and ``wait``), every record the
+    task logged has already been handled by the parent's handlers, inside the
+    ``contextvars`` context of the ``submit`` call. A worker killed, even by ``SIGKILL``,
+    loses no record whose log call had returned; the pool then breaks as the stdlib's does
+    (``BrokenProcessPool``), and ``shutdown`` does not hang.
+
+    Limits:
+
+    - A record whose log call had not returned when its worker died is not delivered.
+    - Exceptions arrive rendered, as ``exc_text``, not as ``exc_info``; an argument, an
+      ``extra`` value or an exception that will not pickle arrives as its ``repr()``.
+    - Worker records are made by the worker's record factory, not the parent's.
+    - A process forked by a task that outlives the pool is waited for 2 s after the
+      workers exit, then given up on, with a warning.
+    - If the parent dies, records not yet handled die with it; the workers' later records
+      go to their stderr.
     """
 
     def __init__(
@@ -97,7 +141,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         initargs: tuple[Any, ...] = (),
         *,
         max_tasks_per_child: int | None = None,
-        handlers: Iterable[Any] | None = None,
+        handlers: Iterable[logging.Handler] | None = None,
         propagate_contextvars: Iterable[Any] = (),
     ) -> None:
         _check_max_workers(max_workers)
@@ -150,7 +194,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
                 self._start_channel()
         return self
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         with self._logexec_lock:
             if self._logexec_shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")

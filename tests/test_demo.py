@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -55,25 +56,84 @@ def test_demo_verifies_every_record_once(
 
 
 @pytest.mark.timeout(60)
-def test_demo_as_a_command() -> None:
-    """`python -m logexec demo` runs as a command, prints the summary and keeps its temp file."""
+def test_demo_as_a_command(tmp_path: Path) -> None:
+    """`python -m logexec demo` runs as a command, prints the summary and deletes its verified temp file."""
     completed = subprocess.run(
         [sys.executable, "-m", "logexec", "demo", "--records", "2000", "--workers", "2"],
         check=False,
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert completed.returncode == 0, completed.stderr
     assert SUMMARY.search(completed.stdout).groups() == ("2000", "2")  # type: ignore[union-attr]
-    path = re.search(r"^output: (.+)$", completed.stdout, re.M).group(1)  # type: ignore[union-attr]
-    try:
-        assert len(read_keys(Path(path))) == 2000
-    finally:
-        os.unlink(path)
+    path = re.search(
+        r"^output: (\S+) \(a temporary file, deleted if it verifies; --out FILE keeps it\)$",
+        completed.stdout,
+        re.M,
+    ).group(1)  # type: ignore[union-attr]
+    assert Path(path).parent == tmp_path
+    assert f"file          {path} (deleted after verifying)" in completed.stdout
+    assert list(tmp_path.iterdir()) == []
     # Not a terminal: plain progress lines, no carriage returns.
     assert "demo: 2,000/2,000 records handled" in completed.stderr
     assert "\r" not in completed.stderr
+
+
+@pytest.mark.timeout(30)
+def test_out_keeps_the_file_it_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With --out the file is kept after a verified run, and no temporary file is made."""
+    out = tmp_path / "kept.jsonl"
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(temporary))
+        status = main(
+            ["demo", "--records", "40", "--workers", "2", "--start-method", "fork", "--out", str(out)]
+        )
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    assert f"output: {out}\n" in printed
+    assert len(read_keys(out)) == 40
+    assert list(temporary.iterdir()) == []
+
+
+@pytest.mark.timeout(30)
+def test_a_failed_verification_keeps_the_temporary_file_and_says_where(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --out, a run that fails verification keeps its file and prints its path at the end."""
+
+    class DropOne(_demo.CountingFilter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            super().filter(record)
+            return self.count != 3
+
+    monkeypatch.setattr(_demo, "CountingFilter", DropOne)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    status = main(["demo", "--records", "30", "--workers", "2", "--start-method", "fork"])
+    printed = capsys.readouterr().out
+    assert status == 1, printed
+    (kept,) = tmp_path.iterdir()
+    assert printed.splitlines()[-1] == f"the output is kept for inspection: {kept}"
+    assert len(read_keys(kept)) == 29
+
+
+@pytest.mark.timeout(10)
+def test_an_interrupted_run_leaves_no_temporary_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run stopped by an exception (Ctrl-C) deletes its temporary file, verified or not."""
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_demo, "run_workload", interrupted)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        main(["demo", "--records", "30", "--workers", "2"])
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.timeout(30)

@@ -1,0 +1,46 @@
+"""What PyPI shows: the README's links work off GitHub, and the metadata says what CI runs."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# A Markdown link or image target: [text](target) or ![alt](target).
+MARKDOWN_TARGET = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+HTML_TARGET = re.compile(r"""(?:href|src)=["']([^"']+)["']""")
+
+
+@pytest.mark.timeout(5)
+def test_readme_links_and_images_are_absolute() -> None:
+    """Every README link and image is an absolute https URL: PyPI renders the README off the repository."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = MARKDOWN_TARGET.findall(text) + HTML_TARGET.findall(text)
+    assert len(targets) >= 10
+    relative = [target for target in targets if not target.startswith("https://")]
+    assert relative == []
+
+
+@pytest.mark.timeout(5)
+def test_metadata_license_urls_and_python_versions() -> None:
+    """pyproject.toml: an SPDX license with its file, the four project URLs, a classifier per CPython 3.9+."""
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib is in the standard library from 3.11")
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["license"] == "MIT"
+    assert project["license-files"] == ["LICENSE"]
+    assert not any(classifier.startswith("License ::") for classifier in project["classifiers"])
+    assert {"Homepage", "Documentation", "Changelog", "Issues"} <= set(project["urls"])
+    versions = [
+        classifier.rsplit(" ", 1)[1]
+        for classifier in project["classifiers"]
+        if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", classifier)
+    ]
+    minimum = project["requires-python"].removeprefix(">=")
+    assert versions[0] == minimum
+    assert versions == [f"3.{minor}" for minor in range(9, 9 + len(versions))]
