@@ -308,3 +308,24 @@ def test_a_custom_logger_class_handles_each_record_once(
         executor.submit(tasks.log_through_named, name, "custom").result(timeout=RESULT_TIMEOUT)
     records = [record for record in handler.records if record.name == name]
     assert [getattr(record, "handled_by_custom", 0) for record in records] == [1]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_signal_handler_that_logs_never_deadlocks_a_worker(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """A signal handler that logs while the worker is inside a log call neither deadlocks
+    nor loses a record: every record of both arrives."""
+    handler = collect()
+    with make_executor(1) as executor:
+        calls = executor.submit(tasks.log_under_signals, 20_000, 0.0002).result(timeout=RESULT_TIMEOUT)
+    messages = [record.getMessage() for record in handler.records if record.name == "tests.lifecycle"]
+    assert calls > 0
+    assert [message for message in messages if message.startswith("main")] == [
+        f"main {n}" for n in range(20_000)
+    ]
+    assert sorted(
+        (message for message in messages if message.startswith("from the signal")),
+        key=lambda message: int(message.split()[-1]),
+    ) == [f"from the signal handler {n}" for n in range(1, calls + 1)]

@@ -74,3 +74,47 @@ def test_barrier_waits_for_the_answer() -> None:
     barrier = data[_transport.HEADER_SIZE + size :]
     assert _transport.HEADER.unpack_from(barrier, 0)[1] == _transport.KIND_BARRIER
     assert _transport.decode_barrier(barrier[_transport.HEADER_SIZE :]) == 7
+
+
+def test_a_log_call_nested_in_a_write_is_sent_after_it_in_order() -> None:
+    """A log call made while this thread is inside a write (a signal handler that logs) is
+    neither deadlocked nor interleaved: it is sent right after the interrupted frame."""
+    channel, peer = _channel_with_peer()
+    handler = _worker.WorkerHandler(channel)
+    nested_sent = []
+    original = channel._write
+
+    def write_then_get_interrupted(frame: bytes) -> None:
+        original(frame)
+        if not nested_sent:
+            # What a signal handler that logs does in the middle of this call.
+            nested_sent.append(True)
+            handler.handle(logging.makeLogRecord({"msg": "from the signal handler"}))
+
+    channel._write = write_then_get_interrupted  # type: ignore[method-assign]
+    channel.begin_task(3)
+    handler.handle(logging.makeLogRecord({"msg": "interrupted"}))
+    handler.handle(logging.makeLogRecord({"msg": "next"}))
+    peer.settimeout(5)
+    data = b""
+    messages: list[str] = []
+    while len(messages) < 3:
+        data += peer.recv(65536)
+        while len(data) >= _transport.HEADER_SIZE:
+            size, _ = _transport.HEADER.unpack_from(data, 0)
+            if len(data) < _transport.HEADER_SIZE + size:
+                break
+            _, record = _transport.decode_record(data[_transport.HEADER_SIZE : _transport.HEADER_SIZE + size])
+            messages.append(record.getMessage())
+            data = data[_transport.HEADER_SIZE + size :]
+    assert messages == ["interrupted", "from the signal handler", "next"]
+    assert channel.records_in_task == 3
+
+
+def test_a_forked_child_starts_with_no_task() -> None:
+    """After a fork, the child's channel carries no task id and owes no barrier."""
+    channel, _ = _channel_with_peer()
+    channel.begin_task(9)
+    channel.records_in_task = 4
+    channel.after_fork_in_child()
+    assert channel.task_id is None and channel.records_in_task == 0
