@@ -468,7 +468,9 @@ class _Collector:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
 
-    def put_nowait(self, frame: bytes) -> None:
+    fallback = None
+
+    def put(self, frame: bytes, record: logging.LogRecord) -> None:
         self.frames.append(frame)
 
 
