@@ -100,7 +100,10 @@ class Channel:
         future.add_done_callback(_ForgetRoute(self.dispatcher, task_id))
 
     def serve(self, executor: object) -> None:
-        """Follow ``executor``: stop the listener once loky has dropped it (see the docstring)."""
+        """Follow ``executor``: stop the listener once loky has dropped it (see the docstring).
+
+        Call through the module's ``serve``, which holds the lock.
+        """
         if self._served is not None and self._served() is executor:
             return
         token = object()
@@ -154,6 +157,12 @@ def configuring() -> Iterator[Channel]:
     finally:
         with _lock:
             _configuring -= 1
+
+
+def serve(channel: Channel, executor: object) -> None:
+    """Make ``channel`` follow ``executor``, the pool loky returned to a configure() call."""
+    with _lock:
+        channel.serve(executor)
 
 
 def _executor_dropped(channel: Channel, token: object) -> None:

@@ -85,6 +85,10 @@ class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # j
         require: Any = None,
         **kwargs: Any,
     ) -> int:
+        if n_jobs is None or n_jobs == 1:
+            # loky runs these in this process (it raises FallbackToBackend): no channel needed.
+            n_sequential: int = super().configure(n_jobs, parallel, prefer, require, **kwargs)
+            return n_sequential
         initializer, initargs = self._logexec_user_initializer, self._logexec_user_initargs
         if "initializer" in kwargs or "initargs" in kwargs:
             initializer, initargs = _check_initializer(
@@ -101,7 +105,7 @@ class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # j
             n_jobs_used: int = super().configure(n_jobs, parallel, prefer, require, **kwargs)
             executor = _joblib_compat.executor_of(self)
             if executor is not None:
-                channel.serve(executor)
+                _joblib_channel.serve(channel, executor)
         self._logexec_channel = channel
         return n_jobs_used
 
