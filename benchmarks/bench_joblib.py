@@ -4,6 +4,9 @@ Configurations, all on joblib's loky pool with the same number of workers:
 
     loky           plain loky; the tasks log at INFO, which the workers drop at the source
                    (root is at WARNING in a fresh loky worker): the floor, no logging
+    loky-local     plain loky, each worker writing its own records to the same file through
+                   its own FileHandler (no parent involved, no guarantees: what "logging on"
+                   costs the workers themselves)
     manager-queue  the workaround from joblib issue #1017: a multiprocessing.Manager().Queue()
                    passed to every task, a QueueHandler installed once per worker, and a
                    QueueListener in the parent
@@ -48,13 +51,16 @@ from joblib import Parallel, delayed, parallel_config
 
 from logexec.joblib import register_logexec
 
-CONFIGS = ("loky", "manager-queue", "logexec")
+CONFIGS = ("loky", "loky-local", "manager-queue", "logexec")
 LOGGER_NAME = "bench.joblib"
+FORMAT = "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"
 PAD = "x" * 40
 
 # The workaround's pool gets other executor arguments than plain loky's, so that loky keeps
 # a pool of its own for it: workers hooked to the queue must not serve the floor's tasks.
 QUEUE_POOL_OPTIONS = {"idle_worker_timeout": 299}
+# The same for the workers that write their own file.
+LOCAL_POOL_OPTIONS = {"idle_worker_timeout": 298}
 
 
 def task(source: int, records: int) -> int:
@@ -74,12 +80,23 @@ def task_with_queue(source: int, records: int, queue: Any) -> int:
     return task(source, records)
 
 
+def task_with_file(source: int, records: int, path: str) -> int:
+    """Each worker writes its own records: the first task in each worker adds a FileHandler."""
+    root = logging.getLogger()
+    if not root.handlers or not isinstance(root.handlers[0], logging.FileHandler):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+    return task(source, records)
+
+
 class CountingFileHandler(logging.FileHandler):
     """Writes records to a file and sets an event once it has written ``expected`` of them."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"))
+        self.setFormatter(logging.Formatter(FORMAT))
         self.count = 0
         self.expected = 0
         self.done = threading.Event()
@@ -111,6 +128,12 @@ class Runner:
         if self.config == "logexec":
             with parallel_config(backend="logexec", n_jobs=self.workers):
                 Parallel()(delayed(task)(source, records) for source in range(tasks))
+        elif self.config == "loky-local":
+            with parallel_config(backend="loky", n_jobs=self.workers, **LOCAL_POOL_OPTIONS):
+                Parallel()(
+                    delayed(task_with_file)(source, records, self.handler.baseFilename)
+                    for source in range(tasks)
+                )
         elif self.config == "manager-queue":
             with parallel_config(backend="loky", n_jobs=self.workers, **QUEUE_POOL_OPTIONS):
                 Parallel()(delayed(task_with_queue)(source, records, self.queue) for source in range(tasks))
@@ -119,7 +142,8 @@ class Runner:
                 Parallel()(delayed(task)(source, records) for source in range(tasks))
 
     def expected(self, records: int) -> int:
-        return 0 if self.config == "loky" else records
+        # The floor writes nothing; the workers' own FileHandlers are done when Parallel returns.
+        return 0 if self.config in ("loky", "loky-local") else records
 
     def time_tasks(self, tasks: int, records: int) -> float:
         """Tasks per second, until every record is written."""
@@ -241,6 +265,10 @@ def main() -> None:
     print("\nmedian of the per-round ratios:")
     print(f"  logexec / loky tasks/s           {versus_loky:.2f}x   (goal >= 0.80x)")
     print(f"  logexec / manager-queue tasks/s  {versus_queue:.2f}x   (goal >= 3x)")
+    versus_local = statistics.median(
+        tasks_per_second["logexec"][i] / tasks_per_second["loky-local"][i] for i in rounds
+    )
+    print(f"  logexec / loky-local tasks/s     {versus_local:.2f}x   (workers writing their own file)")
     print(f"  logexec / loky calls-loop time   {calls_ratio:.2f}x   (goal <= 1.20x)")
 
 
