@@ -92,11 +92,8 @@ class Channel:
     def next_task_id(self) -> int:
         return next(self._task_ids)  # itertools.count is atomic under the GIL
 
-    def track(
-        self, future: Future[Any], task_id: int, dispatcher: Dispatcher, context: contextvars.Context | None
-    ) -> None:
-        """Route the task's records until its future is done."""
-        self.dispatcher.route(task_id, dispatcher, context)
+    def forget_when_done(self, future: Future[Any], task_id: int) -> None:
+        """Drop the task's route once its future is done (its records are handled by then)."""
         future.add_done_callback(_ForgetRoute(self.dispatcher, task_id))
 
     def serve(self, executor: object) -> None:

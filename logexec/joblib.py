@@ -120,27 +120,46 @@ class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # j
 
     def submit(self, func: Callable[[], Any], callback: Callable[..., Any] | None = None) -> Any:
         task_id, wrapped = self._logexec_wrap(func)
-        return self._logexec_track(task_id, super().submit(wrapped, callback))
+        try:
+            future = super().submit(wrapped, callback)
+        except BaseException:
+            self._logexec_forget(task_id)
+            raise
+        return self._logexec_track(task_id, future)
 
     def apply_async(self, func: Callable[[], Any], callback: Callable[..., Any] | None = None) -> Any:
         # joblib < 1.5 calls apply_async instead of submit.
         task_id, wrapped = self._logexec_wrap(func)
-        return self._logexec_track(task_id, super().apply_async(wrapped, callback))
+        try:
+            future = super().apply_async(wrapped, callback)
+        except BaseException:
+            self._logexec_forget(task_id)
+            raise
+        return self._logexec_track(task_id, future)
 
     def _logexec_wrap(self, func: Callable[[], Any]) -> tuple[int, Callable[[], Any]]:
-        if self._logexec_channel is None:
+        channel = self._logexec_channel
+        if channel is None:
             raise RuntimeError("LogexecBackend.submit was called before configure()")
         if self._logexec_levels is None:  # submitted without start_call (direct use)
             self._logexec_levels = _joblib_channel.capture_levels()
-        task_id = self._logexec_channel.next_task_id()
+        task_id = channel.next_task_id()
+        # Routed before it is submitted: a quick batch may log before submit() returns.
+        channel.dispatcher.route(task_id, self._logexec_dispatcher, self._logexec_context)
         # The batch stays an argument of the call loky pickles, so joblib's memmapping
         # reducers and its per-call temporary folder still apply to it.
         return task_id, functools.partial(_joblib_worker.run_batch, self._logexec_levels, task_id, func)
 
+    def _logexec_forget(self, task_id: int) -> None:
+        assert self._logexec_channel is not None  # set before any task id is made
+        self._logexec_channel.dispatcher.forget(task_id)
+
     def _logexec_track(self, task_id: int, future: Any) -> Any:
-        assert self._logexec_channel is not None  # checked in _logexec_wrap
+        assert self._logexec_channel is not None  # set before any task id is made
         if isinstance(future, Future):
-            self._logexec_channel.track(future, task_id, self._logexec_dispatcher, self._logexec_context)
+            self._logexec_channel.forget_when_done(future, task_id)
+        else:  # not loky's future: nothing tells us when it is done, so keep no route
+            self._logexec_forget(task_id)
         return future
 
 
