@@ -162,6 +162,19 @@ def serve(channel: Channel, executor: object) -> None:
         channel.serve(executor)
 
 
+def stop() -> None:
+    """Stop this process's channel now, if there is one; the next configure() makes a new one.
+
+    Only once loky's executor has been shut down (its workers joined): for tests, and for
+    programs that want no thread left behind before they fork.
+    """
+    global _channel
+    with _lock:
+        channel, _channel = _channel, None
+    if channel is not None:
+        channel.listener.stop()
+
+
 def _executor_dropped(channel: Channel, token: object) -> None:
     # Runs wherever garbage collection ran, possibly on one of loky's threads while another
     # thread holds _lock and waits for that thread: take no lock here, hand over instead.

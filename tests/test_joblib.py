@@ -37,6 +37,16 @@ def registered() -> None:
     register_logexec()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def no_threads_left_behind() -> Iterator[None]:
+    """After this module, loky's pool and logexec's listener are gone (later tests fork)."""
+    yield
+    _shut_down_loky_executor()
+    _joblib_channel.stop()
+    names = [thread.name for thread in threading.enumerate()]
+    assert "logexec-listener" not in names, names
+
+
 @pytest.fixture(params=LOKY_START_METHODS)
 def loky_start_method(request: pytest.FixtureRequest) -> Iterator[str]:
     """Run the test on each of loky's start methods (its reusable pool refuses plain fork)."""
