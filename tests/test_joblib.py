@@ -115,6 +115,11 @@ def test_handlers_option_gets_every_record_instead(collect: Any) -> None:
         Parallel()(delayed(joblib_tasks.log_and_return)(value) for value in range(4))
     assert values_of(chosen.records) == [0, 1, 2, 3]
     assert tree.records == []
+    per_call = ListHandler()
+    with parallel_config(backend="logexec", n_jobs=2, handlers=[per_call]):
+        Parallel()(delayed(joblib_tasks.log_and_return)(value) for value in range(2))
+    assert values_of(per_call.records) == [0, 1]
+    assert tree.records == []
 
 
 def test_levels_mirrored_and_followed_by_reused_workers(collect: Any) -> None:
@@ -297,6 +302,17 @@ def test_nested_parallel_falls_back_to_threads(collect: Any) -> None:
         assert len(set(pids)) == 1 and pids[0] != os.getpid()
     assert handler.messages().count("outer task starts 3 inner items") == 2
     assert sum(message.startswith("value ") for message in handler.messages()) == 6
+
+
+def test_sequential_configuration_makes_no_channel() -> None:
+    """n_jobs=1 falls back to joblib's sequential backend without starting logexec's listener."""
+    from joblib._parallel_backends import FallbackToBackend, SequentialBackend
+
+    backend = LogexecBackend()
+    with pytest.raises(FallbackToBackend) as fallback:
+        backend.configure(n_jobs=1, parallel=None)
+    assert isinstance(fallback.value.backend, SequentialBackend)
+    assert backend._logexec_channel is None
 
 
 def test_n_jobs_minus_one_and_one(collect: Any) -> None:
