@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
-import joblib
-import numpy
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.datasets import load_iris
-from sklearn.model_selection import GridSearchCV
+try:
+    import joblib
+    import numpy
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import GridSearchCV
+except ImportError as missing:
+    # Not an error of this example: it only needs optional packages.
+    print(f"skipped: {missing.name or missing} is not installed (pip install 'logexec[joblib]' scikit-learn)")
+    sys.exit(0)
 
 from logexec.joblib import register_logexec
 
