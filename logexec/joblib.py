@@ -174,20 +174,29 @@ def _check_initializer(
 
 
 def register_logexec(
-    name: str = "logexec", *, handlers: Iterable[Any] | None = None, make_default: bool = False
+    name: str = "logexec",
+    *,
+    handlers: Iterable[Any] | None = None,
+    make_default: bool = False,
+    **backend_options: Any,
 ) -> None:
     """Register the logexec joblib backend under ``name``.
 
     ``handlers`` as for ``LogexecBackend``; ``make_default=True`` makes it joblib's default
-    backend (``joblib.register_parallel_backend``'s option of that name).
+    backend (``joblib.register_parallel_backend``'s option of that name). Other keywords
+    are defaults for ``LogexecBackend`` (loky's options, such as ``idle_worker_timeout``,
+    and ``initializer``/``initargs``); ``parallel_config`` keywords override them per call.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")
     if not isinstance(make_default, bool):
         raise TypeError(f"make_default must be a bool, got {make_default!r}")
     checked = check_handlers(handlers)  # fail here, not at the first Parallel call
+    _check_initializer(backend_options.get("initializer"), backend_options.get("initargs", ()))
     import joblib  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     joblib.register_parallel_backend(
-        name, functools.partial(LogexecBackend, handlers=checked), make_default=make_default
+        name,
+        functools.partial(LogexecBackend, handlers=checked, **backend_options),
+        make_default=make_default,
     )

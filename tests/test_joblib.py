@@ -350,8 +350,8 @@ def test_parent_filters_see_the_callers_context(collect: Any) -> None:
 def test_user_initializer_runs_after_set_up_and_logs(collect: Any) -> None:
     """A user initializer given to the backend runs in each new worker and its records arrive."""
     handler = collect("tests.joblib.init")
-    backend = LogexecBackend(initializer=joblib_tasks.log_in_initializer, initargs=("tag-1",))
-    with parallel_config(backend=backend, n_jobs=2):
+    register_logexec("logexec-init", initializer=joblib_tasks.log_in_initializer, initargs=("tag-1",))
+    with parallel_config(backend="logexec-init", n_jobs=2):
         Parallel()(delayed(joblib_tasks.log_and_return)(value) for value in range(4))
     assert wait_for(lambda: "initializer ran with tag-1" in handler.messages())
 
@@ -378,6 +378,8 @@ def test_argument_errors_name_the_parameter() -> None:
         register_logexec(handlers=["not a handler"])
     with pytest.raises(TypeError, match="initializer must be a callable or None, got 3"):
         LogexecBackend(initializer=3)
+    with pytest.raises(TypeError, match="initargs must be a tuple, got 'ab'"):
+        register_logexec("logexec-bad", initializer=print, initargs="ab")
 
 
 class TestScikitLearn:
