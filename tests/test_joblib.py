@@ -27,7 +27,8 @@ from logexec.joblib import LogexecBackend, register_logexec  # noqa: E402
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 JOBLIB_VERSION = tuple(int(part) for part in joblib.__version__.split(".")[:2])
-LOKY_START_METHODS = ["loky", "spawn", "forkserver"]
+# loky's own method last: the pool it leaves serves the tests after it.
+LOKY_START_METHODS = ["spawn", "forkserver", "loky"]
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_ID")
 
 
@@ -54,6 +55,9 @@ def loky_start_method(request: pytest.FixtureRequest) -> Iterator[str]:
 
     method: str = request.param
     previous = context.get_start_method()
+    if method == previous:
+        yield method  # the pool, if any, already uses it: keep it for the next tests
+        return
     context.set_start_method(method, force=True)
     _shut_down_loky_executor()  # loky would reuse one started with another method
     yield method
