@@ -1,0 +1,228 @@
+"""The parent side of ``logexec.joblib``: one log channel for joblib's reusable loky executor.
+
+joblib's ``loky`` backend keeps a single executor per process and reuses it (and its
+workers) across ``Parallel`` calls for as long as the arguments it was made with stay equal;
+it replaces it when they change, when it broke, or after it was shut down. So the channel is
+a process-wide singleton too: one listener thread, one socket directory, one key, and one
+``WorkerConfig`` object. The config is part of the executor's ``initargs``; being the same
+object call after call, it compares equal and lets loky reuse its workers. Creating a
+channel per ``Parallel`` call would change ``initargs`` and cost a new pool every call.
+
+Lifetime: the listener runs while a logexec-configured loky executor may have workers.
+When loky drops that executor (a ``Parallel`` call with other executor arguments, plain
+``loky`` for instance, made it shut the executor down, which joins its workers first), the
+executor's finalizer stops the listener; at interpreter exit the listener's own exit hook
+does. A ``Parallel`` call never starts a thread or makes a directory of its own.
+
+Routing: backends registered with different options (``handlers=``) share the channel, so
+each batch's task id is mapped to the ``Dispatcher`` of the backend that submitted it, and
+to the ``contextvars.Context`` of the ``Parallel`` call. Records with no task (a user
+initializer's, or a thread's that outlived its batch) go by logger name.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterator
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from typing import Any
+
+from . import _compat, _worker
+from ._dispatch import Dispatcher
+from ._joblib_worker import Levels
+from ._listener import Listener
+
+# Key size for the listener's HMAC handshake, as in the executor.
+KEY_SIZE = 32
+
+
+class RoutingDispatcher(Dispatcher):
+    """Sends each task's records to the dispatcher and context of the backend that made it."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self._routes: dict[int, tuple[Dispatcher, contextvars.Context | None]] = {}
+
+    def route(self, task_id: int, dispatcher: Dispatcher, context: contextvars.Context | None) -> None:
+        # A plain dict: one item set, read or popped at a time is atomic, and this runs once
+        # per batch on the submitting thread and once per record on the listener's.
+        self._routes[task_id] = (dispatcher, context)
+
+    def forget(self, task_id: int) -> None:
+        self._routes.pop(task_id, None)
+
+    def forget_all(self) -> None:
+        self._routes.clear()
+
+    def dispatch(self, task_id: int | None, record: logging.LogRecord) -> None:
+        route = self._routes.get(task_id) if task_id is not None else None
+        if route is None:
+            super().dispatch(None, record)
+            return
+        dispatcher, context = route
+        if context is None:
+            dispatcher.dispatch(None, record)
+        else:
+            context.run(dispatcher.dispatch, None, record)
+
+
+class Channel:
+    """The listener, its key and address, and the task ids of every logexec batch."""
+
+    def __init__(self) -> None:
+        self.dispatcher = RoutingDispatcher()
+        self.config = _new_config()
+        self.listener = _new_listener(self.dispatcher, self.config.key)
+        self.config.address = self.listener.bind()
+        # loky starts workers by fork+exec in C (or spawn, or forkserver; never a bare
+        # fork), so the thread may run before the first worker exists.
+        self.listener.start()
+        self._task_ids = itertools.count()
+        # The executor served last; a new one gets a finalizer (see serve()).
+        self._served: weakref.ref[Any] | None = None
+        self._token: object = None
+
+    def next_task_id(self) -> int:
+        return next(self._task_ids)  # itertools.count is atomic under the GIL
+
+    def forget_when_done(self, future: Future[Any], task_id: int) -> None:
+        """Drop the task's route once its future is done (its records are handled by then)."""
+        future.add_done_callback(_ForgetRoute(self.dispatcher, task_id))
+
+    def serve(self, executor: object) -> None:
+        """Follow ``executor``: stop the listener once loky has dropped it (see the docstring).
+
+        Call through the module's ``serve``, which holds the lock.
+        """
+        if self._served is not None and self._served() is executor:
+            return
+        token = object()
+        self._served, self._token = weakref.ref(executor), token
+        finalizer = weakref.finalize(executor, _executor_dropped, self, token)
+        # At interpreter exit the listener module's own hook stops the listener, after the
+        # stdlib and loky have joined their workers.
+        finalizer.atexit = False
+
+    def is_serving(self, token: object) -> bool:
+        return self._token is token
+
+
+class _ForgetRoute:
+    """Done-callback that drops a task's route once its records are all handled."""
+
+    __slots__ = ("_dispatcher", "_task_id")
+
+    def __init__(self, dispatcher: RoutingDispatcher, task_id: int) -> None:
+        self._dispatcher = dispatcher
+        self._task_id = task_id
+
+    def __call__(self, future: Future[Any]) -> None:
+        # A worker that died (loky's TerminatedWorkerError is a BrokenProcessPool) may still
+        # have records unread: they keep their route until the listener stops.
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            return
+        self._dispatcher.forget(self._task_id)
+
+
+# The channel of this process, made on first use. An RLock because a finalizer may run
+# (garbage collection) on a thread that holds it; _configuring counts the configure() calls
+# in progress, during which loky may drop an executor only to make the next one with our
+# config, so the channel must stay.
+_lock = threading.RLock()
+_channel: Channel | None = None
+_configuring = 0
+
+
+@contextmanager
+def configuring() -> Iterator[Channel]:
+    """The channel, kept alive while the caller configures loky's executor with it."""
+    global _channel, _configuring
+    with _lock:
+        if _channel is None:
+            _channel = Channel()
+        _configuring += 1
+        channel = _channel
+    try:
+        yield channel
+    finally:
+        with _lock:
+            _configuring -= 1
+
+
+def serve(channel: Channel, executor: object) -> None:
+    """Make ``channel`` follow ``executor``, the pool loky returned to a configure() call."""
+    with _lock:
+        channel.serve(executor)
+
+
+def stop() -> None:
+    """Stop this process's channel now, if there is one; the next configure() makes a new one.
+
+    Only once loky's executor has been shut down (its workers joined): for tests, and for
+    programs that want no thread left behind before they fork.
+    """
+    global _channel
+    with _lock:
+        channel, _channel = _channel, None
+    if channel is not None:
+        channel.listener.stop()
+
+
+def _executor_dropped(channel: Channel, token: object) -> None:
+    # Runs wherever garbage collection ran, possibly on one of loky's threads while another
+    # thread holds _lock and waits for that thread: take no lock here, hand over instead.
+    threading.Thread(
+        target=_stop_if_unused, args=(channel, token), name="logexec-joblib-stop", daemon=True
+    ).start()
+
+
+def _stop_if_unused(channel: Channel, token: object) -> None:
+    global _channel
+    with _lock:
+        if _configuring or _channel is not channel or not channel.is_serving(token):
+            return  # a newer logexec executor uses the channel
+        _channel = None
+    # loky shut the executor down (joining its workers) before dropping it, so every
+    # connection ends and the listener drains to the end.
+    channel.listener.stop()
+
+
+def _reset_after_fork_in_child() -> None:
+    # A child forked from this process must not inherit a lock held at the fork, nor use
+    # the parent's listener (whose thread did not survive the fork).
+    global _lock, _channel, _configuring
+    _lock = threading.RLock()
+    _channel = None
+    _configuring = 0
+
+
+os.register_at_fork(after_in_child=_reset_after_fork_in_child)
+
+
+def capture_levels() -> Levels:
+    """The parent's logger levels, as the workers should mirror them."""
+    # Adapter to the core: the same reading of levels as WorkerConfig.__reduce__.
+    return (_compat.explicit_levels(), _compat.disabled_level())
+
+
+# Adapters to the core: one function per entry point, so that they can follow it.
+def _new_config() -> _worker.WorkerConfig:
+    # Levels are captured by WorkerConfig.__reduce__ when loky pickles it for a new worker.
+    return _worker.WorkerConfig(os.urandom(KEY_SIZE))
+
+
+def _new_listener(dispatcher: Dispatcher, key: bytes) -> Listener:
+    # No worker-exit callback: loky's own manager thread watches its workers' sentinels.
+    return Listener(dispatcher, key, None)
+
+
+def worker_initializer() -> Any:
+    """The initializer loky runs in each new worker: logexec's, chaining the user's."""
+    return _worker.initialize
