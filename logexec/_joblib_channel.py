@@ -34,10 +34,10 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
-from . import _compat, _worker
+from . import _worker
 from ._dispatch import Dispatcher
-from ._joblib_worker import Levels
 from ._listener import Listener
+from ._worker import Levels
 
 # Key size for the listener's HMAC handshake, as in the executor.
 KEY_SIZE = 32
@@ -209,7 +209,7 @@ os.register_at_fork(after_in_child=_reset_after_fork_in_child)
 def capture_levels() -> Levels:
     """The parent's logger levels, as the workers should mirror them."""
     # Adapter to the core: the same reading of levels as WorkerConfig.__reduce__.
-    return (_compat.explicit_levels(), _compat.disabled_level())
+    return _worker.current_levels()
 
 
 # Adapters to the core: one function per entry point, so that they can follow it.

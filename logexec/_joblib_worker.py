@@ -14,44 +14,26 @@ then runs through ``run_batch``, which
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Callable
 
 from . import _worker
 
-# (explicitly set logger levels by name, "" for root; the level given to logging.disable)
-Levels = tuple[dict[str, int], int]
-
-# The levels this worker last applied, and the loggers that got a level from them.
-_applied: Levels | None = None
-_named: frozenset[str] = frozenset()
+# The levels this worker last applied.
+_applied: _worker.Levels | None = None
 
 
-def run_batch(levels: Levels | None, task_id: int, batch: Callable[[], Any]) -> Any:
+def run_batch(levels: _worker.Levels | None, task_id: int, batch: Callable[[], Any]) -> Any:
     """Run one joblib batch; return only after the parent has handled its records."""
+    global _applied
     if levels is not None and levels != _applied:
-        apply_levels(levels)
+        _worker.apply_levels(levels)
+        _applied = levels
     return run_task(task_id, batch)
-
-
-def apply_levels(levels: Levels) -> None:
-    """Mirror the parent's levels; a logger the parent no longer sets goes back to NOTSET."""
-    global _applied, _named
-    logger_levels, disabled = levels
-    for name in _named.difference(logger_levels):
-        logging.getLogger(name or None).setLevel(logging.NOTSET)
-    for name, level in logger_levels.items():
-        logger = logging.getLogger(name or None)
-        if logger.level != level:
-            # setLevel clears every logger's cache: only when something changed.
-            logger.setLevel(level)
-    logging.disable(disabled)
-    _applied = levels
-    _named = frozenset(name for name in logger_levels if name)
 
 
 # Adapter to the core: the single call into logexec's task wrapper (see _worker.run_task).
 # No context variables are propagated (the joblib backend has no such option), hence the
-# empty addresses and None for their captured values.
+# empty addresses and None for their captured values; levels travel with every call
+# (run_batch above), not as versioned updates.
 def run_task(task_id: int, batch: Callable[[], Any]) -> Any:
-    return _worker.run_task(task_id, (), None, batch)
+    return _worker.run_task(task_id, (), None, None, batch)

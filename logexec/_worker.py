@@ -389,7 +389,7 @@ def initialize(
     channel.connect()
     _reset_logging()
     if config.levels is not None:
-        _apply_levels(config.levels)
+        apply_levels(config.levels)
     else:
         # Under fork the levels came with the process; remember which were set, so that
         # an update that unsets one unsets it here too.
@@ -420,7 +420,7 @@ def run_task(
         )
     if levels is not None and levels[0] > _levels_version:
         _levels_version = levels[0]
-        _apply_levels(levels[1])
+        apply_levels(levels[1])
     if logging.getLoggerClass() not in _PLAIN_CLASSES:
         # Unpickling this task's function imported a module that set a Logger class.
         _neutralize_logger_classes()
@@ -454,7 +454,8 @@ def _reset_logging() -> None:
     _neutralize_logger_classes()
 
 
-def _apply_levels(levels: Levels) -> None:
+def apply_levels(levels: Levels) -> None:
+    """Mirror the parent's levels; a logger the parent no longer sets goes back to NOTSET."""
     logger_levels, disabled = levels
     for name in _levels_set - set(logger_levels):
         logging.getLogger(name or None).setLevel(logging.NOTSET)

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from . import _joblib_channel, _joblib_compat, _joblib_worker
+from . import _joblib_channel, _joblib_compat, _joblib_worker, _worker
 from ._dispatch import Dispatcher, check_handlers
 
 __all__ = ["LogexecBackend", "register_logexec"]
@@ -74,7 +74,7 @@ class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # j
         self._logexec_dispatcher = Dispatcher(check_handlers(handlers))
         self._logexec_channel: _joblib_channel.Channel | None = None
         # What the current Parallel call ships with each batch and dispatches in.
-        self._logexec_levels: _joblib_worker.Levels | None = None
+        self._logexec_levels: _worker.Levels | None = None
         self._logexec_context: contextvars.Context | None = None
 
     def configure(

@@ -241,7 +241,7 @@ def test_listener_stops_when_loky_drops_the_executor() -> None:
     assert channel is not None
     directory = os.path.dirname(channel.listener.address)
     Parallel(n_jobs=2, backend="loky")(delayed(joblib_tasks.pid_after_logging)(value) for value in range(2))
-    assert wait_for(lambda: channel.listener.stop_requested and not os.path.exists(directory))
+    assert wait_for(lambda: channel.listener.wait_stopped(0) and not os.path.exists(directory))
     assert wait_for(lambda: "logexec-listener" not in [thread.name for thread in threading.enumerate()])
     with parallel_config(backend="logexec", n_jobs=2):
         assert Parallel()(delayed(joblib_tasks.log_and_return)(value) for value in range(2)) == [0, 1]
