@@ -58,3 +58,33 @@ def test_wake_executor_manager_reaches_the_stdlib_manager_thread() -> None:
     # After shutdown the wake-up channel is gone: still a quiet no-op.
     _compat.wake_executor_manager(executor)
     assert not [thread for thread in threading.enumerate() if "ExecutorManager" in type(thread).__name__]
+
+
+@pytest.mark.timeout(30)
+def test_manager_thread_is_the_pools_and_ends_after_its_workers() -> None:
+    """The pool's manager thread exists once submit started it, and ends after shutdown."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    executor = ProcessPoolExecutor(1)
+    assert _compat.manager_thread(executor) is None
+    assert executor.submit(abs, -1).result(timeout=20) == 1
+    thread = _compat.manager_thread(executor)
+    assert thread is not None and thread.is_alive()
+    executor.shutdown(wait=True)
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+
+
+def test_level_watch_sees_set_level_and_disable_but_not_level_checks() -> None:
+    """Any setLevel or logging.disable trips the watch; level checks and getLogger do not."""
+    watch = _compat.LevelWatch()
+    logger = logging.getLogger("tests.compat.watch")
+    logger.isEnabledFor(logging.INFO)
+    logging.getLogger("tests.compat.watch.child")
+    assert not watch.changed()
+    logger.setLevel(logging.DEBUG)
+    assert watch.changed()
+    watch.arm()
+    assert not watch.changed()
+    logging.disable(logging.NOTSET)
+    assert watch.changed()
