@@ -10,6 +10,9 @@ import contextvars
 import logging
 import threading
 from collections.abc import Iterable
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 
 def check_handlers(handlers: Iterable[object] | None) -> tuple[logging.Handler, ...] | None:
@@ -121,6 +124,26 @@ class Dispatcher:
 
 # Reports, as logging itself does (a traceback on stderr), what a handler could not.
 _ERROR_REPORTER = logging.Handler()
+
+
+class ForgetWhenDone:
+    """Done-callback that drops a task's context once its records are all handled."""
+
+    __slots__ = ("_dispatcher", "_task_id")
+
+    def __init__(self, dispatcher: Dispatcher, task_id: int) -> None:
+        self._dispatcher = dispatcher
+        self._task_id = task_id
+
+    def __call__(self, future: Future[Any]) -> None:
+        # A broken pool (loky's TerminatedWorkerError is one too) fails the future while
+        # the dead worker's last records may still be unread; they keep their context until
+        # the listener stops.
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            return
+        self._dispatcher.forget(self._task_id)
+
+
 _STANDARD_HANDLE = logging.Logger.handle
 _STANDARD_CALL_HANDLERS = logging.Logger.callHandlers
 

@@ -56,12 +56,11 @@ import threading
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from . import _compat, _context, _worker
-from ._dispatch import Dispatcher, check_handlers
+from ._dispatch import Dispatcher, ForgetWhenDone, check_handlers
 from ._listener import Listener, report
 
 T = TypeVar("T")
@@ -226,7 +225,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             if not self._logexec_watch.started:
                 self._watch_workers()
         if keep_context:
-            future.add_done_callback(_ForgetContext(self._logexec_dispatcher, task_id))
+            future.add_done_callback(ForgetWhenDone(self._logexec_dispatcher, task_id))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -305,23 +304,6 @@ def _stop_after(manager: threading.Thread, listener: Listener) -> None:
 def _stop_if_unwatched(listener: Listener, watch: _Watch) -> None:
     if not watch.started:
         listener.stop(wait=False)
-
-
-class _ForgetContext:
-    """Done-callback that drops a task's context once its records are all handled."""
-
-    __slots__ = ("_dispatcher", "_task_id")
-
-    def __init__(self, dispatcher: Dispatcher, task_id: int) -> None:
-        self._dispatcher = dispatcher
-        self._task_id = task_id
-
-    def __call__(self, future: Future[Any]) -> None:
-        # A broken pool fails the future while the dead worker's last records may still be
-        # unread; they keep their context until the listener stops.
-        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
-            return
-        self._dispatcher.forget(self._task_id)
 
 
 class _WakeManager:

@@ -30,12 +30,11 @@ import threading
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
 from . import _worker
-from ._dispatch import Dispatcher
+from ._dispatch import Dispatcher, ForgetWhenDone
 from ._listener import Listener
 from ._worker import Levels
 
@@ -94,7 +93,7 @@ class Channel:
 
     def forget_when_done(self, future: Future[Any], task_id: int) -> None:
         """Drop the task's route once its future is done (its records are handled by then)."""
-        future.add_done_callback(_ForgetRoute(self.dispatcher, task_id))
+        future.add_done_callback(ForgetWhenDone(self.dispatcher, task_id))
 
     def serve(self, executor: object) -> None:
         """Follow ``executor``: stop the listener once loky has dropped it (see the docstring).
@@ -112,23 +111,6 @@ class Channel:
 
     def is_serving(self, token: object) -> bool:
         return self._token is token
-
-
-class _ForgetRoute:
-    """Done-callback that drops a task's route once its records are all handled."""
-
-    __slots__ = ("_dispatcher", "_task_id")
-
-    def __init__(self, dispatcher: RoutingDispatcher, task_id: int) -> None:
-        self._dispatcher = dispatcher
-        self._task_id = task_id
-
-    def __call__(self, future: Future[Any]) -> None:
-        # A worker that died (loky's TerminatedWorkerError is a BrokenProcessPool) may still
-        # have records unread: they keep their route until the listener stops.
-        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
-            return
-        self._dispatcher.forget(self._task_id)
 
 
 # The channel of this process, made on first use. An RLock because a finalizer may run

@@ -116,14 +116,7 @@ def test_a_failure_in_any_call_costs_at_most_what_it_touched(
         futures = [executor.submit(tasks.log_numbered, task, RECORDS) for task in range(TASKS)]
         assert [future.result(timeout=RESULT_TIMEOUT) for future in futures] == [RECORDS] * TASKS
         if injection == "own-report":
-            # Make the listener report something: a peer without the key.
-            intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            intruder.connect(executor._logexec_listener.address)
-            intruder.sendall(b"\0" * _transport.HELLO_SIZE)
-            intruder.settimeout(RESULT_TIMEOUT)
-            while intruder.recv(4096):
-                pass
-            intruder.close()
+            _intrude(executor)  # makes the listener report something
         # The listener still serves: a second round after the failure.
         again = executor.submit(tasks.log_numbered, 100, RECORDS).result(timeout=RESULT_TIMEOUT)
         assert again == RECORDS
@@ -216,18 +209,23 @@ def test_a_handler_that_raises_while_logexec_reports_does_not_hide_the_report(
     handler = collect()
     with make_executor(1) as executor:
         executor.submit(tasks.log_numbered, 0, 1).result(timeout=RESULT_TIMEOUT)
-        intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        intruder.connect(executor._logexec_listener.address)
-        intruder.sendall(b"\0" * _transport.HELLO_SIZE)
-        intruder.settimeout(RESULT_TIMEOUT)
-        while intruder.recv(4096):
-            pass
-        intruder.close()
+        _intrude(executor)
         assert executor.submit(tasks.log_numbered, 1, 3).result(timeout=RESULT_TIMEOUT) == 3
     assert any("failed authentication" in message for message in handler.messages())
     assert [message for message in handler.messages() if message.startswith("task 1")] == [
         f"task 1 record {n}" for n in range(3)
     ]
+
+
+def _intrude(executor: LoggingProcessPoolExecutor) -> None:
+    """Connect as a peer without the key, send a wrong hello, and wait to be hung up on."""
+    intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    intruder.settimeout(RESULT_TIMEOUT)
+    intruder.connect(executor._logexec_listener.address)
+    intruder.sendall(b"\0" * _transport.HELLO_SIZE)
+    while intruder.recv(4096):
+        pass
+    intruder.close()
 
 
 def _authenticated_peer(executor: LoggingProcessPoolExecutor) -> socket.socket:
