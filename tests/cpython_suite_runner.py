@@ -193,6 +193,17 @@ def main() -> int:
         return 0
     faulthandler.enable()
     with open(arguments.results, "a", encoding="utf-8") as stream:
+        if arguments.executor == "logexec":
+            # Proof for the driver that the tests really got logexec's class, and whose.
+            import logexec
+
+            wrong = [
+                test.id()
+                for test in tests
+                if getattr(test, "executor_type", logexec.LoggingProcessPoolExecutor)
+                is not logexec.LoggingProcessPoolExecutor
+            ]
+            stream.write(json.dumps({"event": "config", "logexec": logexec.__file__, "wrong": wrong}) + "\n")
         result = RecordingResult(stream, arguments.timeout)
         unittest.TestSuite(tests).run(result)
         stream.write(json.dumps({"event": "done"}) + "\n")

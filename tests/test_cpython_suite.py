@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +216,13 @@ def run_tests(
                     started = None
                 elif entry["event"] == "fixture":
                     outcomes[f"fixture: {entry['id']}"] = Outcome("error", entry["detail"])
+                elif entry["event"] == "config":
+                    # The substitution happened, with this worktree's logexec, for every test;
+                    # if not, an entry that the stdlib run lacks fails the comparison.
+                    if not Path(entry["logexec"]).resolve().is_relative_to(ROOT) or entry["wrong"]:
+                        outcomes["config: the runner did not substitute this logexec"] = Outcome(
+                            "error", f"logexec from {entry['logexec']}; still the stdlib's: {entry['wrong']}"
+                        )
                 elif entry["event"] == "done":
                     done = True
         if started is not None and not out_of_time:
@@ -320,7 +328,16 @@ def test_cpython_process_pool_tests_pass_with_logexec(tmp_path: Path) -> None:
         )
         flaky = [test_id for test_id in differences if again[test_id].outcome == "pass"]
         differences = [test_id for test_id in differences if test_id not in flaky]
-    fixture_errors = sorted(set(logexec) - set(stdlib))
+    if flaky:
+        # Visible in a passing run's warnings summary: a timing-dependent bug shows up here.
+        warnings.warn(
+            "CPython tests that failed with logexec and then passed alone: "
+            + "; ".join(
+                f"{test_id} ({KNOWN_CAUSES.get(short_key(test_id), 'no known cause')})" for test_id in flaky
+            ),
+            stacklevel=1,
+        )
+    only_in_logexec = sorted(set(logexec) - set(stdlib))
     print(
         f"\nCPython {sys.version.split()[0]}: {len(test_ids)} process-pool tests; "
         f"stdlib {sum(o.outcome == 'pass' for o in stdlib.values())} passed, "
@@ -328,7 +345,6 @@ def test_cpython_process_pool_tests_pass_with_logexec(tmp_path: Path) -> None:
         f"excluded {sorted(key for key in EXCLUDED if any(short_key(t) == key for t in test_ids))}; "
         f"passed only on retry {flaky}"
     )
-    assert not differences and not fixture_errors, summarize(differences, stdlib, logexec) + "".join(
-        f"\n  {key} (module or class fixture, logexec only):\n{excerpt(logexec[key].detail)}"
-        for key in fixture_errors
+    assert not differences and not only_in_logexec, summarize(differences, stdlib, logexec) + "".join(
+        f"\n  {key} (logexec run only):\n{excerpt(logexec[key].detail)}" for key in only_in_logexec
     )
