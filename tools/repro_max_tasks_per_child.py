@@ -11,6 +11,15 @@ is replaced only if that semaphore cannot be acquired. Tasks queued ahead of the
 ones leave releases behind, so an exiting worker is not replaced, and once every worker
 has exited the queued tasks wait forever.
 
+Measured here (8 trials each, spawn, 15 s per trial; the same on 3.11.7, 3.12.1 and 3.13.0):
+a plain ``ProcessPoolExecutor`` hangs in every trial when ``max_tasks_per_child >= 2`` and
+more than ``workers * max_tasks_per_child`` tasks are submitted before the first worker
+retires (1 worker, 4 tasks, 2 per child; 2, 5, 2; 2, 8, 2; 4, 9, 2; 4, 32, 2; also under
+forkserver), and never otherwise: 1, 2, 2; 2, 4, 2; 4, 8, 2; 2, 8, 4; 2, 6, 3 and 2 workers,
+20 tasks, 1 per child all finish, and so does 2, 8, 2 with ``--sequential``. fork refuses
+``max_tasks_per_child`` (``ValueError``); 3.9 and 3.10 do not have it (``TypeError``).
+logexec behaves the same (2, 5, 2 hangs 4 of 4; 2, 4, 2 finishes 4 of 4, on 3.11).
+
 Examples::
 
     python tools/repro_max_tasks_per_child.py --workers 1 --tasks 4 --max-tasks-per-child 2
