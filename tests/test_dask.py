@@ -34,6 +34,11 @@ def cluster() -> Iterator[Any]:
         processes=True,
         dashboard_address=None,
         host="127.0.0.1",
+        # No dashboard, but the scheduler still serves HTTP (health, metrics), on 8787 by
+        # default: when another cluster holds that port (a parallel test run), distributed
+        # warns "Port 8787 is already in use" in the middle of a passing run. A free port
+        # on loopback instead.
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
     ) as local_cluster:
         yield local_cluster
 
