@@ -58,6 +58,11 @@ def wake_executor_manager(executor: object) -> bool:
     # Under the lock, as the stdlib does it, so that shutdown cannot close the wake-up pipe
     # underneath us.
     try:
+        # Shutting down or broken, the manager no longer waits to be told of new workers,
+        # and may no longer drain its wake-up pipe: a write to a full one blocks for ever
+        # (CPython's own test_gh105829 fills it). Do not change this to waking regardless.
+        if getattr(executor, "_shutdown_thread", False) or getattr(executor, "_broken", False):
+            return True
         wakeup = getattr(executor, "_executor_manager_thread_wakeup", None)
         if wakeup is not None:
             try:

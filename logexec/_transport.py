@@ -345,7 +345,12 @@ def _as_name(name: object) -> str:
         # Only the error's type: the parent makes a logger for each distinct name.
         reason = "" if name.error is None else f": {type(name.error).__name__}"
         return f"<logexec: could not read record.name{reason}>"
-    return _safe_str(name)
+    text = _safe_str(name)
+    if type(text) is not str:
+        # A str subclass whose __str__ returns one: exactly str, or build_record (which
+        # checks for exactly str) would come back here for ever.
+        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+    return text
 
 
 def _as_time(created: object) -> float:
@@ -361,7 +366,9 @@ def _as_level(levelno: object, levelname: object) -> int:
     if type(levelno) is int:
         return levelno
     try:
-        return operator.index(levelno)  # type: ignore[arg-type]  # a bool, an IntEnum
+        # int(): before 3.10, operator.index returns a bool or an IntEnum as it is, which
+        # would come back here for ever (build_record checks for exactly int).
+        return int(operator.index(levelno))  # type: ignore[arg-type]  # a bool, an IntEnum
     except _FAILURES:
         pass
     if type(levelname) is str:
