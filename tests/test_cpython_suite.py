@@ -291,6 +291,10 @@ def test_cpython_process_pool_tests_pass_with_logexec(tmp_path: Path) -> None:
         test_id
         for test_id in list_tests(tmp_path / "scratch", modules, workdir)
         if test_id.rsplit(".", 1)[-1] not in LEFT_OUT
+        # Not run at all: an excluded test's mock fails every thread after the first, so
+        # with logexec's listener started first, the pool's manager thread cannot start,
+        # and the worker it spawned is never reaped: the runner's exit would wait for it.
+        and short_key(test_id) not in EXCLUDED
     ]
     assert test_ids, "no process-pool tests found in the CPython suite"
 
