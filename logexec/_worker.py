@@ -138,7 +138,28 @@ class Channel:
                 # Nested inside a write of this thread (a signal handler): see __init__.
                 self._deferred.append((frame, record))
                 return
-            self._send(frame, record)
+            ring = self._ready_ring
+            if ring is None:
+                self._send(frame, record)
+                return
+            # Nearly every call: a copy into the ring, no system call. Flagged as a write
+            # like any other, so that a signal handler's record waits its turn (see _send).
+            self._writing = True
+            try:
+                written = ring.write(frame)
+            except OSError:
+                self._break()
+                self.fallback(record)
+                written = True
+            else:
+                if written:
+                    self.records_in_task += 1
+            finally:
+                self._writing = False
+            if not written:
+                self._send(frame, record)  # the ring is full: wait for room there
+            elif self._deferred:
+                self._send(None, None)
 
     def _send(self, frame: bytes | None, record: logging.LogRecord | None) -> None:
         """Write ``frame``, then whatever a nested call parked meanwhile. Holds the lock."""
