@@ -246,6 +246,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
 
     def _start_channel(self) -> None:
         self._logexec_config.address = self._logexec_listener.bind()
+        self._logexec_config.transport = self._logexec_listener.transport
         if not self._logexec_forks:
             self._logexec_listener.start()
         self._logexec_started = True
