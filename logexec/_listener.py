@@ -285,7 +285,8 @@ class Listener:
             if directory is not None:
                 shutil.rmtree(directory, ignore_errors=True)
             raise
-        self._reserve_fd = _open_reserve()
+        # No reserve descriptor: out of descriptors, the accept thread waits and retries
+        # (the peer waits in the backlog); nothing here can refuse it with a reason.
         self._directory, self._server, self.address = directory, server, server.address
 
     def start(self) -> None:

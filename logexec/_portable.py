@@ -204,8 +204,9 @@ class Server:
         self._report = report
         self._pid = os.getpid()
         self._listener = mp_connection.Listener(address, backlog=BACKLOG)
-        # The real address: a TCP port the system picked.
-        self.address: Address = self._listener.address
+        # The real address where the system picked it (a TCP port); otherwise ours as given
+        # (the stdlib reports a Linux abstract name as bytes).
+        self.address: Address = address if isinstance(address, str) else self._listener.address
         self._ready: list[StreamConnection] = []
         self._handshaking: set[mp_connection.Connection] = set()
         self._lock = threading.Lock()
@@ -266,7 +267,13 @@ class Server:
                 self._report(logging.ERROR, "logexec: could not start a handshake thread: %s", error)
 
     def _handshake(self, connection: mp_connection.Connection) -> None:
-        deadline = threading.Timer(HANDSHAKE_SECONDS, _shut_down, (connection,))
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()  # before the shutdown wakes the handshake: it must know why
+            _shut_down(connection)
+
+        deadline = threading.Timer(HANDSHAKE_SECONDS, expire)
         deadline.daemon = True
         deadline.start()
         try:
@@ -283,7 +290,7 @@ class Server:
             return
         except BaseException:
             # The peer hung up, or stalled past the deadline: nothing of ours was at stake.
-            if deadline.finished.is_set():
+            if expired.is_set():
                 self._report(
                     logging.WARNING,
                     "logexec: closed a connection to the log listener that did not complete the "

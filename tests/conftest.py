@@ -9,9 +9,16 @@ from typing import Any, Callable
 
 import pytest
 
-from logexec import LoggingProcessPoolExecutor
+from logexec import LoggingProcessPoolExecutor, _transports
 
 START_METHODS = ["spawn", "fork", "forkserver"]
+# The transport this run's pools use (LOGEXEC_TRANSPORT; CI runs the suite through each).
+TRANSPORT = _transports.choose()
+# For tests that speak the socket transport's raw handshake to the listener; the portable
+# transport's handshake is the stdlib's, and tests/test_portable.py has its own such tests.
+socket_protocol_only = pytest.mark.skipif(
+    TRANSPORT == _transports.PORTABLE, reason="speaks the socket transport's raw handshake"
+)
 
 
 @pytest.fixture(params=START_METHODS)
