@@ -516,10 +516,13 @@ class Listener:
     def _drain(self, selector: selectors.BaseSelector) -> None:
         """Read every connection to its end, within one overall deadline."""
         deadline = time.monotonic() + DRAIN_SECONDS
+        if isinstance(self._server, _portable.Server):
+            with contextlib.suppress(BaseException):
+                self._server.settle(DRAIN_SECONDS / 2)  # see Server.settle
         # Connections still in the backlog are accepted first: a worker may have connected
         # and logged without ever being accepted.
         self._guarded_accept(selector)
-        while self._connections:
+        while self._connections or self._handshaking():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -532,14 +535,24 @@ class Listener:
                     self._on_ready(selector, key.data)
                 self._read_rings(selector)
                 # The workers have exited, so a real worker's hello is already here. A peer
-                # that has not authenticated and has nothing to say is not one of them.
+                # that has not authenticated and has nothing to say is not one of them. (A
+                # portable connection has passed the stdlib's handshake, so it holds the key:
+                # a process a task forked, whose hello is a round trip away.)
                 for connection in list(self._connections):
-                    if not connection.pid and connection not in ready:
+                    if (
+                        not connection.pid
+                        and connection not in ready
+                        and not isinstance(connection.socket, _portable.StreamConnection)
+                    ):
                         self._forget(selector, connection)
             except BaseException as error:
                 self._loop_failed("draining the workers' connections", error)
         if self._connections:
             self._give_up_on_open_connections(selector)
+
+    def _handshaking(self) -> bool:
+        """Whether the portable transport has handshakes under way (see ``_portable``)."""
+        return isinstance(self._server, _portable.Server) and self._server.handshaking
 
     def _give_up_on_open_connections(self, selector: selectors.BaseSelector) -> None:
         # Take what they have already written, without waiting for more, then close them.

@@ -217,6 +217,12 @@ class Server:
     def fileno(self) -> int:
         return self._notify_reader.fileno()
 
+    @property
+    def handshaking(self) -> bool:
+        """Whether a peer is in the stdlib's handshake, or past it and not yet taken by
+        ``accept()`` (its notification may still be on the way): the final drain waits."""
+        return bool(self._handshaking or self._ready)
+
     def start(self) -> None:
         """Start the accept thread; idempotent. Under fork, only after the workers forked."""
         with self._lock:
@@ -225,6 +231,31 @@ class Server:
             thread = threading.Thread(target=self._accept_loop, name="logexec-accept", daemon=True)
             thread.start()
             self._thread = thread
+
+    def settle(self, timeout: float) -> None:
+        """Wait (up to ``timeout``) until every connection made so far has been accepted.
+
+        For the final drain: a process forked by a task may have connected a moment ago, and
+        its connection may still wait in the backlog, which only the accept thread sees.
+        Connections are accepted in order, so once a connection of our own made now has
+        passed the handshake, every earlier one is at least in its handshake (``handshaking``).
+        A helper thread makes it, so that the caller waits no longer than ``timeout``.
+        """
+        knocked = threading.Event()
+
+        def knock() -> None:
+            try:
+                mp_connection.Client(self.address, authkey=self._key).close()
+            except BaseException:
+                pass  # closing meanwhile; the drain goes on without this look
+            finally:
+                knocked.set()
+
+        try:
+            threading.Thread(target=knock, name="logexec-settle", daemon=True).start()
+        except RuntimeError:
+            return  # no thread to be had: drain what is known
+        knocked.wait(timeout)
 
     def accept(self) -> tuple[StreamConnection, None]:
         """An authenticated connection; ``BlockingIOError`` when none is waiting."""
