@@ -30,6 +30,8 @@ def start_method(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def mp_context(start_method: str) -> Any:
+    if start_method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {start_method} start method on this platform")  # Windows: spawn only
     return multiprocessing.get_context(start_method)
 
 
