@@ -48,6 +48,9 @@ from typing import Any, Callable, Union
 HANDSHAKE_SECONDS = 10.0
 # The listening socket's backlog: workers start together, and the stdlib's default is 1.
 BACKLOG = 128
+# The largest message a send makes (see StreamConnection.sendall); a typical record is far
+# smaller and goes in one.
+MESSAGE_LIMIT = 1 << 16
 # How long close() waits for the accept thread to see it is closing.
 CLOSE_SECONDS = 5.0
 
@@ -121,8 +124,12 @@ class StreamConnection:
         return bytes(data[:size])
 
     def sendall(self, data: bytes) -> None:
-        if data:
-            self._connection.send_bytes(data)
+        # In messages of at most MESSAGE_LIMIT bytes. A worker killed while sending a huge
+        # record then leaves its first pieces with the listener, which reports the cut-off
+        # record as it does on a socket, instead of the stdlib discarding the unfinished
+        # message unseen; and the listener holds at most one piece in memory at a time.
+        for start in range(0, len(data), MESSAGE_LIMIT):
+            self._connection.send_bytes(data, start, min(MESSAGE_LIMIT, len(data) - start))
 
     def send(self, data: bytes) -> int:
         self.sendall(data)
