@@ -648,14 +648,33 @@ class Listener:
                 return
             sock.setblocking(True)
             challenge = os.urandom(_transport.CHALLENGE_SIZE)
-            try:
-                sock.sendall(_transport.GREETING + challenge)
-            except OSError:
+            if not self._greet(sock, challenge):
                 sock.close()
                 continue
             connection = _Connection(sock, challenge)
             self._connections.append(connection)
             selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _greet(self, sock: _Stream, challenge: bytes) -> bool:
+        """Send the greeting and challenge; False if the connection must be closed instead.
+
+        An unexpected error is reported and the send tried once more, as a barrier's answer
+        is: a worker whose greeting is lost would wait for it for ever.
+        """
+        for attempt in range(2):
+            try:
+                sock.sendall(_transport.GREETING + challenge)
+            except OSError:
+                return False  # the peer is gone
+            except BaseException as error:  # see "Failure handling" above
+                self._report_error(
+                    "logexec: a new connection could not be greeted"
+                    + ("; closed it" if attempt else "; trying again"),
+                    error,
+                )
+            else:
+                return True
+        return False
 
     def _refuse_for_descriptors(self, selector: selectors.BaseSelector, error: OSError) -> None:
         """Out of descriptors: tell the waiting worker why, rather than leave it hanging."""
