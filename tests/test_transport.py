@@ -471,6 +471,10 @@ class _Collector:
     def put_nowait(self, frame: bytes) -> None:
         self.frames.append(frame)
 
+    def put(self, frame: bytes, record: logging.LogRecord) -> None:
+        # What WorkerHandler.handle calls (Channel.put); failed at 81dd094 without it.
+        self.frames.append(frame)
+
 
 class _DeleteLineno(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
