@@ -238,7 +238,7 @@ def open_pool(
             workers, mp_context=context, initializer=recipe_initializer, initargs=(queue,)
         )
         return pool, listener
-    if config in ("logexec", "alt"):
+    if is_logexec(config):
         from logexec import LoggingProcessPoolExecutor
 
         return LoggingProcessPoolExecutor(workers, mp_context=context), None
@@ -273,6 +273,10 @@ def run_trial(script: str, spec: dict[str, Any], timeout: float = 300.0) -> dict
     """
     command = [sys.executable, script, "--trial", json.dumps(spec)]
     environment = dict(os.environ)
+    transport = forced_transport(spec["config"])
+    if transport:
+        # logexec forced onto one transport (see --transports); "logexec" is the best one here.
+        environment["LOGEXEC_TRANSPORT"] = transport
     if spec.get("pythonpath"):
         # An A/B run: this trial imports logexec from another checkout (see --alt-logexec).
         environment["PYTHONPATH"] = os.pathsep.join(
@@ -366,8 +370,36 @@ def make_parser(description: str | None, quick_help: str) -> argparse.ArgumentPa
     return parser
 
 
+# logexec through one transport: "logexec-socket", "logexec-portable" (see --transports).
+TRANSPORT_PREFIX = "logexec-"
+TRANSPORTS = ("ring", "socket", "portable")
+
+
+def forced_transport(config: str) -> str:
+    """The transport a ``logexec-<transport>`` configuration forces, or ""."""
+    return config[len(TRANSPORT_PREFIX) :] if config.startswith(TRANSPORT_PREFIX) else ""
+
+
+def is_logexec(config: str) -> bool:
+    return config in ("logexec", "alt") or bool(forced_transport(config))
+
+
+def transport_configs(args: argparse.Namespace) -> list[str]:
+    """The ``logexec-<transport>`` configurations ``--transports`` asks for."""
+    return [TRANSPORT_PREFIX + transport for transport in getattr(args, "transports", None) or []]
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--start-method``, ``--seed``, ``--no-save``, ``--alt-logexec`` and the hidden ``--trial``."""
+    """``--start-method``, ``--seed``, ``--no-save``, ``--alt-logexec``, ``--transports`` and the
+    hidden ``--trial``."""
+    parser.add_argument(
+        "--transports",
+        nargs="+",
+        choices=TRANSPORTS,
+        default=[],
+        help="also run logexec forced onto each of these transports (LOGEXEC_TRANSPORT), as "
+        "configurations logexec-<transport> in the same rounds; 'logexec' is the best one here",
+    )
     parser.add_argument(
         "--start-method", default=multiprocessing.get_start_method(), choices=["fork", "spawn", "forkserver"]
     )
@@ -432,12 +464,15 @@ def write_section(name: str, text: str, argv: Sequence[str]) -> None:
     command = "python3 " + " ".join(shlex.quote(argument) for argument in argv)
     commands = RESULTS_DIRECTORY / "commands.txt"
     existing = commands.read_text(encoding="utf-8").splitlines() if commands.exists() else []
-    script = name.removesuffix("_alt")
-    alt = "--alt-logexec" in argv
+    script = name.removesuffix("_alt").removesuffix("_transports")
+
+    def mode(text: str) -> tuple[bool, bool]:
+        return "--alt-logexec" in text, "--transports" in text
+
     kept = [
         line
         for line in existing
-        if not (line.startswith(f"python3 benchmarks/{script}.py") and ("--alt-logexec" in line) == alt)
+        if not (line.startswith(f"python3 benchmarks/{script}.py") and mode(line) == mode(command))
     ]
     commands.write_text("\n".join([*kept, command]) + "\n", encoding="utf-8")
     assemble_results()
@@ -457,6 +492,8 @@ def finish(name: str, args: argparse.Namespace, text: str, results: object) -> N
     if not args.no_save:
         if args.alt_logexec:
             name += "_alt"
+        elif getattr(args, "transports", None):
+            name += "_transports"
         write_section(name, text, sys.argv)
         save_json(name, results)
 
@@ -480,5 +517,14 @@ def assemble_results() -> None:
             "(which one, and what it holds: `commands.txt`)",
         ]
         for section in alternatives:
+            parts += ["", section.read_text(encoding="utf-8").rstrip()]
+    transports = sorted(RESULTS_DIRECTORY.glob("*_transports.md"))
+    if transports:
+        parts += [
+            "",
+            "# Transports (`--transports`): `logexec` is the best transport here (the ring on x86-64 "
+            "Linux), `logexec-<transport>` the same pool forced onto that one (LOGEXEC_TRANSPORT)",
+        ]
+        for section in transports:
             parts += ["", section.read_text(encoding="utf-8").rstrip()]
     (RESULTS_DIRECTORY / "results.md").write_text("\n".join(parts) + "\n", encoding="utf-8")

@@ -102,6 +102,7 @@ def main() -> None:
     _common.print_header(args)
 
     configs = (*CONFIGS, "alt") if args.alt_logexec else CONFIGS
+    configs = (*configs, *_common.transport_configs(args))
 
     def plan() -> list[dict[str, Any]]:
         return [
@@ -144,7 +145,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
                 ratios[key][baseline].append(result["tasks_per_s"] / other["tasks_per_s"])
     rows = []
     for per_task in KINDS:
-        for config in (*CONFIGS, "alt"):
+        for config in (*CONFIGS, "alt", *_common.transport_configs(args)):
             entry = ratios.get((per_task, config))
             if not entry:
                 continue

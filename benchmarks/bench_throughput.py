@@ -151,7 +151,7 @@ def trial(spec: dict[str, Any]) -> dict[str, Any]:
             run_pool(executor, loguru_task, counts)
         loguru_logger.remove()  # drains the queue and closes the file
         elapsed = time.perf_counter() - start
-    elif config in ("logexec", "alt"):
+    elif _common.is_logexec(config):
         from logexec import LoggingProcessPoolExecutor
 
         root.addHandler(handler)
@@ -221,6 +221,8 @@ def main() -> None:
         configs.insert(0, "single")  # every ratio needs it
     if args.alt_logexec:
         configs += [c for c in ("logexec", "alt") if c not in configs]
+    if args.transports:
+        configs += [c for c in ("logexec", *_common.transport_configs(args)) if c not in configs]
 
     _common.print_header(args)
     # Warm-up: one small trial of each configuration, discarded (disk cache, imports, pyc).
@@ -229,14 +231,14 @@ def main() -> None:
 
     results = _common.run_rounds(__file__, args, lambda: plan_round(args, configs), describe)
     _common.finish("bench_throughput", args, report(args, configs, results), results)
-    if not args.no_save and not args.alt_logexec:
+    if not args.no_save and not args.alt_logexec and not args.transports:
         chart(args, configs, results)
 
 
 def describe(spec: dict[str, Any], result: dict[str, Any]) -> str:
     errors = sum(result.get(k, 0) for k in ("missing", "duplicated", "corrupt"))
     return (
-        f"{spec['config']:8} W={spec['workers']} N={spec['records']:>7} "
+        f"{spec['config']:16} W={spec['workers']} N={spec['records']:>7} "
         f"{spec['formatter']:5} {result['rate']:>10,.0f} rec/s {result['seconds']:7.3f} s"
         + (f"  ERRORS {errors}" if errors else "")
     )

@@ -8,7 +8,9 @@ in the parent (a socket in a private 0700 directory; the worker proves it holds 
 executor's random key with an HMAC answer to the listener's challenge), and every log
 call puts its record on that channel before it returns: on x86-64 Linux into a
 shared-memory ring the worker handed over with its hello (no system call), elsewhere onto
-the connection itself. We chose this over the
+the connection itself (where there is no ``AF_UNIX``, as on Windows, a
+``multiprocessing.connection`` connection carries the same frames: see ``_transports``).
+We chose this over the
 stdlib recipe's shared ``multiprocessing.Queue`` because, measured here, that queue loses
 the records of a worker killed by ``SIGKILL`` (its feeder thread had not written them
 yet) and then hangs ``QueueListener.stop()`` (the dead worker holds the queue's write

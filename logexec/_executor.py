@@ -23,7 +23,8 @@ Data flow::
 
 The **listener** (``_listener``) owns a socket in a private directory and reads every
 worker's connection and ring (``_ring``); a dead worker is an EOF on its own connection and
-nothing else.
+nothing else. Where ``AF_UNIX`` is missing (Windows) the same listener loop reads
+``multiprocessing.connection`` connections instead (``_portable``); ``_transports`` chooses.
 The **worker side** (``_worker``) is the initializer, the task wrapper and the one
 ``QueueHandler`` on root. The **transport** (``_transport``) is the wire format and the
 record policy. The **dispatcher** (``_dispatch``) hands rebuilt records to the parent's
@@ -100,10 +101,12 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
       values at ``submit`` are set in the worker while the task runs. (Parent-side filters
       always see the submitter's whole context, with or without this.)
 
-    Platforms: POSIX only (each worker connects back over an ``AF_UNIX`` socket), CPython
-    3.9 to 3.13, under the spawn, fork and forkserver start methods. On x86-64 Linux records
-    travel through a shared-memory ring per worker; elsewhere, or with
-    ``LOGEXEC_SHARED_MEMORY=0``, through the worker's connection, with the same guarantees.
+    Platforms: CPython 3.9 to 3.13, under every start method the platform has. On x86-64
+    Linux records travel through a shared-memory ring per worker; on other POSIX systems
+    through the worker's ``AF_UNIX`` connection; where there is no ``AF_UNIX`` (Windows)
+    through a ``multiprocessing.connection`` connection: the same guarantees each time
+    (``_transports``). ``LOGEXEC_TRANSPORT=ring|socket|portable`` forces one
+    (``LOGEXEC_SHARED_MEMORY=0`` still means ``socket``). Tested on Linux only so far.
 
     When a worker starts, logexec's initializer runs first, then yours (so yours can log).
     It removes every handler and filter the worker inherited (under fork, all of the
@@ -252,6 +255,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
 
     def _start_channel(self) -> None:
         self._logexec_config.address = self._logexec_listener.bind()
+        self._logexec_config.transport = self._logexec_listener.transport
         if not self._logexec_forks:
             self._logexec_listener.start()
         self._logexec_started = True

@@ -80,6 +80,8 @@ class Channel:
         self.config = _new_config()
         self.listener = _new_listener(self.dispatcher, self.config.key)
         self.config.address = self.listener.bind()
+        # The workers follow the parent's choice of transport (see _transports).
+        self.config.transport = self.listener.transport
         # loky starts workers by fork+exec in C (or spawn, or forkserver; never a bare
         # fork), so the thread may run before the first worker exists.
         self.listener.start()

@@ -74,8 +74,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from typing import Union
 
-from . import _ring, _transport
+from . import _portable, _ring, _transport, _transports
 from ._dispatch import Dispatcher, handle_safely
 
 # Bytes asked of the kernel per read. Large reads carry many records per system call;
@@ -123,6 +124,10 @@ _NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 _LOGGER = logging.getLogger("logexec")
 
 
+# What a connection is: a socket, or a multiprocessing connection dressed as one (_portable).
+_Stream = Union[socket.socket, _portable.StreamConnection]
+
+
 class _Connection:
     """One worker's connection and its receive buffer."""
 
@@ -140,7 +145,7 @@ class _Connection:
         "view",
     )
 
-    def __init__(self, sock: socket.socket, challenge: bytes) -> None:
+    def __init__(self, sock: _Stream, challenge: bytes) -> None:
         self.socket = sock
         self.challenge = challenge
         self.accepted = time.monotonic()
@@ -191,9 +196,9 @@ class Listener:
         # child of a task) inherits this object and must never stop, drain or delete it.
         self._pid = os.getpid()
         self._directory: str | None = None
-        self._server: socket.socket | None = None
-        self._wake_reader: socket.socket | None = None
-        self._wake_writer: socket.socket | None = None
+        self._server: socket.socket | _portable.Server | None = None
+        self._wake_reader: _Stream | None = None
+        self._wake_writer: _Stream | None = None
         self._selector: selectors.BaseSelector | None = None
         # Held open so that, out of descriptors, the listener can still accept a worker and
         # tell it why it is refused instead of leaving it waiting (see _accept).
@@ -216,16 +221,24 @@ class Listener:
         self._stopping = False
         self._stopped = threading.Event()
         self._closed = False
-        self.address = ""
+        self.address: _portable.Address = ""
+        # Chosen by bind() (see _transports); the workers follow it.
+        self.transport = ""
 
     # Lifecycle -------------------------------------------------------------------------
 
-    def bind(self) -> str:
+    def bind(self) -> _portable.Address:
         """Create the socket workers connect to; idempotent. Returns its address."""
         with self._lock:
             if self._closed or self._stopping:
                 raise RuntimeError("the log listener was already stopped; create a new executor")
             if self._server is None:
+                transport = _transports.choose()
+                if transport == _transports.PORTABLE:
+                    self._bind_portable()
+                    self.transport = transport
+                    _live_listeners.add(self)
+                    return self.address
                 directory, address = _new_address()
                 server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 try:
@@ -249,8 +262,32 @@ class Listener:
                     raise
                 self._reserve_fd = _open_reserve()
                 self._directory, self._server, self.address = directory, server, address
+                self.transport = transport
                 _live_listeners.add(self)
             return self.address
+
+    def _bind_portable(self) -> None:
+        """bind() for the portable transport (see ``_portable``): the same loop, other ends."""
+        directory, address = _portable.new_address(_new_address)
+        server: _portable.Server | None = None
+        try:
+            server = _portable.Server(address, self._key, report)
+            self._wake_reader, self._wake_writer = _portable.wake_pair()
+            self._selector = _portable.Selector()
+            self._selector.register(server, selectors.EVENT_READ, _ACCEPT)
+            self._selector.register(self._wake_reader, selectors.EVENT_READ, _WAKE)
+        except BaseException:
+            for end in (server, self._wake_reader, self._wake_writer):
+                if end is not None:
+                    with contextlib.suppress(BaseException):
+                        end.close()
+            self._wake_reader = self._wake_writer = self._selector = None
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+            raise
+        # No reserve descriptor: out of descriptors, the accept thread waits and retries
+        # (the peer waits in the backlog); nothing here can refuse it with a reason.
+        self._directory, self._server, self.address = directory, server, server.address
 
     def start(self) -> None:
         """Start the listener thread; idempotent.
@@ -266,6 +303,8 @@ class Listener:
                 return
             thread = threading.Thread(target=self._run, name="logexec-listener", daemon=True)
             try:
+                if isinstance(self._server, _portable.Server):
+                    self._server.start()  # its accept thread, started when ours is (fork)
                 thread.start()
             except RuntimeError as error:
                 failure: RuntimeError | None = error
@@ -477,10 +516,13 @@ class Listener:
     def _drain(self, selector: selectors.BaseSelector) -> None:
         """Read every connection to its end, within one overall deadline."""
         deadline = time.monotonic() + DRAIN_SECONDS
+        if isinstance(self._server, _portable.Server):
+            with contextlib.suppress(BaseException):
+                self._server.settle(DRAIN_SECONDS / 2)  # see Server.settle
         # Connections still in the backlog are accepted first: a worker may have connected
         # and logged without ever being accepted.
         self._guarded_accept(selector)
-        while self._connections:
+        while self._connections or self._handshaking():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -493,14 +535,24 @@ class Listener:
                     self._on_ready(selector, key.data)
                 self._read_rings(selector)
                 # The workers have exited, so a real worker's hello is already here. A peer
-                # that has not authenticated and has nothing to say is not one of them.
+                # that has not authenticated and has nothing to say is not one of them. (A
+                # portable connection has passed the stdlib's handshake, so it holds the key:
+                # a process a task forked, whose hello is a round trip away.)
                 for connection in list(self._connections):
-                    if not connection.pid and connection not in ready:
+                    if (
+                        not connection.pid
+                        and connection not in ready
+                        and not isinstance(connection.socket, _portable.StreamConnection)
+                    ):
                         self._forget(selector, connection)
             except BaseException as error:
                 self._loop_failed("draining the workers' connections", error)
         if self._connections:
             self._give_up_on_open_connections(selector)
+
+    def _handshaking(self) -> bool:
+        """Whether the portable transport has handshakes under way (see ``_portable``)."""
+        return isinstance(self._server, _portable.Server) and self._server.handshaking
 
     def _give_up_on_open_connections(self, selector: selectors.BaseSelector) -> None:
         # Take what they have already written, without waiting for more, then close them.
@@ -596,14 +648,33 @@ class Listener:
                 return
             sock.setblocking(True)
             challenge = os.urandom(_transport.CHALLENGE_SIZE)
-            try:
-                sock.sendall(_transport.GREETING + challenge)
-            except OSError:
+            if not self._greet(sock, challenge):
                 sock.close()
                 continue
             connection = _Connection(sock, challenge)
             self._connections.append(connection)
             selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _greet(self, sock: _Stream, challenge: bytes) -> bool:
+        """Send the greeting and challenge; False if the connection must be closed instead.
+
+        An unexpected error is reported and the send tried once more, as a barrier's answer
+        is: a worker whose greeting is lost would wait for it for ever.
+        """
+        for attempt in range(2):
+            try:
+                sock.sendall(_transport.GREETING + challenge)
+            except OSError:
+                return False  # the peer is gone
+            except BaseException as error:  # see "Failure handling" above
+                self._report_error(
+                    "logexec: a new connection could not be greeted"
+                    + ("; closed it" if attempt else "; trying again"),
+                    error,
+                )
+            else:
+                return True
+        return False
 
     def _refuse_for_descriptors(self, selector: selectors.BaseSelector, error: OSError) -> None:
         """Out of descriptors: tell the waiting worker why, rather than leave it hanging."""
@@ -1073,8 +1144,9 @@ def _close_fds(fds: list[int]) -> None:
             os.close(fd)
 
 
-# Room for one descriptor in the ancillary data of a hello.
-_FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize)
+# Room for one descriptor in the ancillary data of a hello. No CMSG_SPACE on Windows, where
+# the portable transport carries no descriptor.
+_FDS_SPACE = socket.CMSG_SPACE(array.array("i").itemsize) if hasattr(socket, "CMSG_SPACE") else 0
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 # Listeners not yet stopped. At interpreter exit the stdlib has joined its workers first
@@ -1097,4 +1169,5 @@ def _forget_inherited_listeners() -> None:
     _live_listeners.clear()
 
 
-os.register_at_fork(after_in_child=_forget_inherited_listeners)
+if hasattr(os, "register_at_fork"):  # no fork, hence no hook, on Windows
+    os.register_at_fork(after_in_child=_forget_inherited_listeners)

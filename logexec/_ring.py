@@ -37,15 +37,20 @@ position in the data is a counter modulo ``CAPACITY``.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
 import mmap
 import os
-import platform
 import stat
 import sys
 import time
 from typing import Any, Callable
+
+from . import _transports
+
+try:
+    import fcntl
+except ImportError:  # Windows: no ring there (see _transports), but this module still imports
+    fcntl = None  # type: ignore[assignment]
 
 # Bytes of frames a ring holds; a power of two. About 800 typical records: enough that a
 # worker rarely waits for a busy listener, small enough that the drain after a flood stays
@@ -67,19 +72,13 @@ _FULL_WAIT_MAX = 0.002
 
 _monotonic_ns = time.monotonic_ns
 
-# 64-bit only: on 32-bit x86 an 8-byte counter may be written as two halves.
-_X86_64 = frozenset({"x86_64", "amd64"})
-# For tests and for anyone who wants the plain connection: "0" turns the ring off.
-ENV_SWITCH = "LOGEXEC_SHARED_MEMORY"
+# The older switch: "0" turns the ring off (see _transports for LOGEXEC_TRANSPORT).
+ENV_SWITCH = _transports.ENV_SHARED_MEMORY
 
 
 def enabled() -> bool:
-    """Whether a worker started now should use a ring (see "Ordering" above)."""
-    return (
-        hasattr(os, "memfd_create")
-        and platform.machine().lower() in _X86_64
-        and os.environ.get(ENV_SWITCH, "1") != "0"
-    )
+    """Whether a pool started now uses rings (see "Ordering" above, and ``_transports``)."""
+    return _transports.choose() == _transports.RING
 
 
 def _counters(mapping: mmap.mmap | memoryview) -> memoryview:
@@ -215,7 +214,7 @@ class RingReader:
                 f"size {info.st_size}"
             )
         # A writer that could shrink the file would make our reads fault (SIGBUS).
-        if hasattr(fcntl, "F_GET_SEALS"):
+        if fcntl is not None and hasattr(fcntl, "F_GET_SEALS"):
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
             if not seals & fcntl.F_SEAL_SHRINK:
                 raise RingError("the shared-memory file is not sealed against shrinking")
@@ -322,5 +321,5 @@ def _libc() -> tuple[Any, Any]:
 
 
 def _seal(fd: int) -> None:
-    if hasattr(fcntl, "F_ADD_SEALS"):
+    if fcntl is not None and hasattr(fcntl, "F_ADD_SEALS"):
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)

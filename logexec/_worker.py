@@ -19,9 +19,9 @@ import os
 import socket
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
-from . import _compat, _context, _ring, _transport
+from . import _compat, _context, _portable, _ring, _transport, _transports
 
 # The parent's levels: explicitly set logger levels by name ("" for root), and the level
 # given to logging.disable.
@@ -29,6 +29,8 @@ Levels = tuple[dict[str, int], int]
 # Levels changed in the parent after the workers started: (version, levels). Sent with
 # every task submitted after a change, and applied once per version by each worker.
 LevelsUpdate = tuple[int, Levels]
+# The worker's connection: a socket, or a multiprocessing connection dressed as one.
+_Stream = Union[socket.socket, _portable.StreamConnection]
 
 
 class WorkerConfig:
@@ -42,13 +44,21 @@ class WorkerConfig:
     (``LevelsUpdate``).
     """
 
-    def __init__(self, key: bytes, address: str = "", levels: Levels | None = None) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        address: _portable.Address = "",
+        levels: Levels | None = None,
+        transport: str = "",
+    ) -> None:
         self.key = key
         self.address = address
         self.levels = levels
+        # The parent's choice (see _transports), filled in with the address; "" chooses here.
+        self.transport = transport
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (WorkerConfig, (self.key, self.address, current_levels()))
+        return (WorkerConfig, (self.key, self.address, current_levels(), self.transport))
 
 
 def current_levels() -> Levels:
@@ -65,7 +75,7 @@ class Channel:
 
     def __init__(self, config: WorkerConfig) -> None:
         self._config = config
-        self._socket: socket.socket | None = None
+        self._socket: _Stream | None = None
         # None when frames go through the connection (see _ring.enabled).
         self._ring: _ring.RingWriter | None = None
         # The ring while it can be written without any check (not forked, not broken):
@@ -89,17 +99,24 @@ class Channel:
         self.records_in_task = 0
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        transport = self._config.transport or _transports.choose()
+        sock: _Stream
+        if transport == _transports.PORTABLE:
+            # The stdlib's handshake first (see _portable), then the same hello as below.
+            sock = _portable.connect(self._config.address, self._config.key)
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         ring: _ring.RingWriter | None = None
         try:
-            sock.connect(self._config.address)
+            if isinstance(sock, socket.socket):
+                sock.connect(self._config.address)
             if _receive_exactly(sock, 1) != _transport.GREETING:
                 raise ChannelClosed(
                     f"logexec: the parent refused this worker's log connection: {_read_reason(sock)}"
                 )
             challenge = _receive_exactly(sock, _transport.CHALLENGE_SIZE)
             proof = _transport.answer_challenge(self._config.key, challenge)
-            ring = self._open_ring()
+            ring = self._open_ring() if transport == _transports.RING else None
             if ring is None:
                 sock.sendall(proof + _transport.HELLO_TAIL.pack(os.getpid(), _transport.VIA_CONNECTION))
             else:
@@ -108,6 +125,7 @@ class Channel:
                 try:
                     # One sendmsg carries the hello and the descriptor (a hello of this
                     # size is never split by a stream socket's first write).
+                    assert isinstance(sock, socket.socket)  # a ring implies the socket transport
                     sent = socket.send_fds(sock, [hello], [ring.fd])
                     if sent != len(hello):
                         sock.sendall(hello[sent:])
@@ -221,8 +239,11 @@ class Channel:
         if sock is None:
             return ""
         try:
-            data = sock.recv(_transport.REASON_LIMIT, socket.MSG_DONTWAIT)
-        except OSError:
+            if isinstance(sock, _portable.StreamConnection):
+                data = sock.recv_now(_transport.REASON_LIMIT)
+            else:
+                data = sock.recv(_transport.REASON_LIMIT, socket.MSG_DONTWAIT)
+        except (OSError, EOFError):
             return ""
         # A barrier's answer may come first; the goodbye is what follows its marker.
         marker = data.find(_transport.GOODBYE)
@@ -236,8 +257,6 @@ class Channel:
         self._socket.send(b"w")
 
     def _open_ring(self) -> _ring.RingWriter | None:
-        if not _ring.enabled():
-            return None
         try:
             return _ring.RingWriter(self._wake, self._check_parent)
         except OSError:
@@ -247,7 +266,8 @@ class Channel:
 
     def _check_parent(self) -> None:
         # Peek, never read: the bytes waiting may be a barrier's answer for another thread.
-        assert self._socket is not None
+        # Only rings call this, and a ring implies the socket transport.
+        assert isinstance(self._socket, socket.socket)
         try:
             data = self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -459,7 +479,8 @@ def _after_fork_in_child() -> None:
         _channel.after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # no fork, hence no hook, on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _reset_logging() -> None:
@@ -529,7 +550,7 @@ def _neutralize_logger_classes() -> None:
         logging.setLoggerClass(_plain_version(logger_class))
 
 
-def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+def _receive_exactly(sock: _Stream, size: int) -> bytes:
     data = b""
     while len(data) < size:
         chunk = sock.recv(size - len(data))
@@ -539,7 +560,7 @@ def _receive_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-def _read_reason(sock: socket.socket) -> str:
+def _read_reason(sock: _Stream) -> str:
     """The text the parent sent after a refusal or goodbye, up to EOF (bounded)."""
     data = b""
     try:

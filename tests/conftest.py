@@ -9,9 +9,16 @@ from typing import Any, Callable
 
 import pytest
 
-from logexec import LoggingProcessPoolExecutor
+from logexec import LoggingProcessPoolExecutor, _transports
 
 START_METHODS = ["spawn", "fork", "forkserver"]
+# The transport this run's pools use (LOGEXEC_TRANSPORT; CI runs the suite through each).
+TRANSPORT = _transports.choose()
+# For tests that speak the socket transport's raw handshake to the listener; the portable
+# transport's handshake is the stdlib's, and tests/test_portable.py has its own such tests.
+socket_protocol_only = pytest.mark.skipif(
+    TRANSPORT == _transports.PORTABLE, reason="speaks the socket transport's raw handshake"
+)
 
 
 @pytest.fixture(params=START_METHODS)
@@ -23,6 +30,8 @@ def start_method(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def mp_context(start_method: str) -> Any:
+    if start_method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {start_method} start method on this platform")  # Windows: spawn only
     return multiprocessing.get_context(start_method)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
 import pickle
 import selectors
@@ -20,10 +21,18 @@ from typing import Any, Callable
 
 import pytest
 
-from logexec import LoggingProcessPoolExecutor, _dispatch, _listener, _ring, _transport
+from logexec import (
+    LoggingProcessPoolExecutor,
+    _dispatch,
+    _listener,
+    _portable,
+    _ring,
+    _transport,
+    _transports,
+)
 
 from . import lifecycle_tasks as tasks
-from .conftest import ListHandler
+from .conftest import TRANSPORT, ListHandler, socket_protocol_only
 
 pytestmark = pytest.mark.integration
 
@@ -93,6 +102,11 @@ _injection("handshake-digest", _transport, "answer_challenge", 1, bound=False)
 _injection("ring-read", _ring.RingReader, "read_into", 5)
 _injection("ring-map", _ring, "RingReader", 1, bound=False)
 _injection("worker-exit-callback", _listener.Listener, "_notify_worker_exit", 1)
+# The portable transport's counterparts of select, recv_into, recvmsg_into and sendall.
+_injection("portable-select", _portable.Selector, "select", 3)
+_injection("portable-recv-into", _portable.StreamConnection, "recv_into", 3)
+_injection("portable-recv-hello", _portable.StreamConnection, "recvmsg_into", 1)
+_injection("portable-send-answer", _portable.StreamConnection, "sendall", 3)
 
 
 @pytest.mark.timeout(120)
@@ -116,7 +130,7 @@ def test_a_failure_in_any_call_costs_at_most_what_it_touched(
         futures = [executor.submit(tasks.log_numbered, task, RECORDS) for task in range(TASKS)]
         assert [future.result(timeout=RESULT_TIMEOUT) for future in futures] == [RECORDS] * TASKS
         if injection == "own-report":
-            _intrude(executor)  # makes the listener report something
+            _intrude(executor)  # make the listener report something: a peer without the key
         # The listener still serves: a second round after the failure.
         again = executor.submit(tasks.log_numbered, 100, RECORDS).result(timeout=RESULT_TIMEOUT)
         assert again == RECORDS
@@ -218,21 +232,31 @@ def test_a_handler_that_raises_while_logexec_reports_does_not_hide_the_report(
 
 
 def _intrude(executor: LoggingProcessPoolExecutor) -> None:
-    """Connect as a peer without the key, send a wrong hello, and wait to be hung up on."""
+    """Connect without the key, offer a hello of zeros, and wait until the listener hangs up."""
+    address = executor._logexec_listener.address
+    if TRANSPORT == _transports.PORTABLE:
+        with pytest.raises(multiprocessing.AuthenticationError):
+            _portable.connect(address, b"not the key")
+        return
     intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     intruder.settimeout(RESULT_TIMEOUT)
-    intruder.connect(executor._logexec_listener.address)
+    intruder.connect(address)
     intruder.sendall(b"\0" * _transport.HELLO_SIZE)
     while intruder.recv(4096):
         pass
     intruder.close()
 
 
-def _authenticated_peer(executor: LoggingProcessPoolExecutor) -> socket.socket:
+def _authenticated_peer(executor: LoggingProcessPoolExecutor) -> socket.socket | _portable.StreamConnection:
     """Connect and authenticate as a worker would, with frames on the connection."""
-    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    peer.settimeout(RESULT_TIMEOUT)
-    peer.connect(executor._logexec_listener.address)
+    address = executor._logexec_listener.address
+    peer: socket.socket | _portable.StreamConnection
+    if TRANSPORT == _transports.PORTABLE:
+        peer = _portable.connect(address, executor._logexec_config.key)
+    else:
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer.settimeout(RESULT_TIMEOUT)
+        peer.connect(address)
     greeting = b""
     while len(greeting) < 1 + _transport.CHALLENGE_SIZE:
         greeting += peer.recv(64)
@@ -293,6 +317,7 @@ def test_a_frame_of_unknown_kind_closes_only_that_connection_and_says_why(
     assert len(closed) == 1 and str(os.getpid()) in closed[0]
 
 
+@socket_protocol_only
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("start_method", ["spawn"])
 def test_a_peer_that_dribbles_its_hello_holds_nothing(

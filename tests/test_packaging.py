@@ -44,3 +44,26 @@ def test_metadata_license_urls_and_python_versions() -> None:
     minimum = project["requires-python"].removeprefix(">=")
     assert versions[0] == minimum
     assert versions == [f"3.{minor}" for minor in range(9, 9 + len(versions))]
+
+
+@pytest.mark.timeout(5)
+def test_os_classifiers_claim_only_platforms_the_suite_has_run_on() -> None:
+    """An OS classifier only for a platform the README's platform table says the suite ran on."""
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib is in the standard library from 3.11")
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    claimed = {
+        classifier for classifier in project["classifiers"] if classifier.startswith("Operating System ::")
+    }
+    assert "Operating System :: POSIX :: Linux" in claimed
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    for platform, classifier in (
+        ("macOS", "Operating System :: MacOS"),
+        ("Windows", "Operating System :: Microsoft"),
+    ):
+        row = next(line for line in readme if line.startswith(f"| {platform} |"))
+        if "not yet run" in row:
+            assert not [name for name in claimed if name.startswith(classifier)], row
+    assert "Operating System :: OS Independent" not in claimed

@@ -162,6 +162,7 @@ def test_reader_rejects_a_writer_that_breaks_the_counters() -> None:
 @needs_ring
 def test_switch_turns_the_ring_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """LOGEXEC_SHARED_MEMORY=0 sends frames through the connection instead."""
+    monkeypatch.delenv("LOGEXEC_TRANSPORT", raising=False)  # the newer switch would win
     monkeypatch.setenv(_ring.ENV_SWITCH, "0")
     assert not _ring.enabled()
     monkeypatch.setenv(_ring.ENV_SWITCH, "1")

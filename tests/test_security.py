@@ -14,7 +14,7 @@ import pytest
 from logexec import _transport
 
 from . import helpers
-from .conftest import ListHandler
+from .conftest import ListHandler, socket_protocol_only
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +29,7 @@ def test_socket_lives_in_a_private_directory(make_executor: Callable[..., Any]) 
     assert not os.path.exists(os.path.dirname(address))
 
 
+@socket_protocol_only
 @pytest.mark.parametrize("start_method", ["spawn"])
 def test_foreign_connection_without_the_key_is_refused(
     make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
@@ -80,6 +81,7 @@ def _ring_fds_held(name: str) -> list[str]:
     return held
 
 
+@socket_protocol_only
 @pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="needs memfd")
 @pytest.mark.parametrize("start_method", ["spawn"])
 @pytest.mark.parametrize("authenticated", [False, True], ids=["wrong-key", "bad-ring"])

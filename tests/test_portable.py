@@ -1,0 +1,317 @@
+"""The portable transport: its stream view of a message connection, its handshake off the
+listener thread, its addresses, and whole workloads in interpreters stripped as Windows and
+macOS are."""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from multiprocessing import AuthenticationError
+from multiprocessing import connection as mp_connection
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from logexec import LoggingProcessPoolExecutor, _listener, _portable, _transports
+
+from . import lifecycle_tasks as tasks
+from .conftest import ListHandler
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT_TIMEOUT = 60
+
+
+@pytest.fixture
+def portable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pools made in the test use the portable transport (spawn workers inherit the switch)."""
+    monkeypatch.setenv(_transports.ENV_TRANSPORT, _transports.PORTABLE)
+
+
+# --- units: the stream view and the selector ---------------------------------------------
+
+
+def test_a_message_larger_than_the_read_is_kept_for_the_next_reads() -> None:
+    """recv_into returns message bytes in order across reads of any size, and 0 only at EOF."""
+    reader, writer = _portable.wake_pair()
+    writer.sendall(b"0123456789")
+    writer.sendall(b"ab")
+    buffer = memoryview(bytearray(4))
+    received = b""
+    for _ in range(3):
+        count = reader.recv_into(buffer)
+        received += bytes(buffer[:count])
+    assert received == b"0123456789"
+    assert reader.recv(64) == b"ab"
+    writer.close()
+    assert reader.recv_into(buffer) == 0
+    reader.close()
+
+
+def test_a_non_blocking_read_with_nothing_waiting_raises_blocking_io_error() -> None:
+    """As a non-blocking socket does: BlockingIOError, never a wait, never a false EOF."""
+    reader, writer = _portable.wake_pair()
+    reader.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        reader.recv_into(memoryview(bytearray(8)))
+    with pytest.raises(BlockingIOError):
+        reader.recv_now(8)
+    writer.send(b"x")
+    assert reader.recv_now(8) == b"x"
+    reader.close()
+    writer.close()
+
+
+def test_the_selector_reports_bytes_already_received_as_ready() -> None:
+    """Bytes taken from the pipe but not yet read are invisible to wait(); select still sees them."""
+    reader, writer = _portable.wake_pair()
+    selector = _portable.Selector()
+    selector.register(reader, selectors.EVENT_READ, "reader")
+    assert selector.select(0) == []
+    writer.sendall(b"abcdef")
+    assert [key.data for key, _ in selector.select(RESULT_TIMEOUT)] == ["reader"]
+    reader.recv(2)  # the pipe is empty now; four bytes wait in the view
+    assert [key.data for key, _ in selector.select(RESULT_TIMEOUT)] == ["reader"]
+    assert reader.recv(64) == b"cdef"
+    assert selector.select(0) == []
+    selector.unregister(reader)
+    selector.close()
+    reader.close()
+    writer.close()
+
+
+# --- the handshake never stalls the listener -----------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("start_method", ["spawn"])
+def test_a_peer_that_stalls_in_the_handshake_stalls_nothing_else(
+    portable: None,
+    make_executor: Callable[..., LoggingProcessPoolExecutor],
+    collect: Callable[..., ListHandler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer that connects and never answers the challenge, and one that stops halfway through
+    a message, hold neither the listener nor a worker that starts after them; both are cut
+    off at the handshake deadline, and shutdown is quick."""
+    monkeypatch.setattr(_portable, "HANDSHAKE_SECONDS", 1.5)
+    handler = collect()
+    executor = make_executor(1).__enter__()  # bound and listening; no worker yet
+    address = executor._logexec_listener.address
+    silent = mp_connection.Client(address)  # no key: the stdlib's handshake is not attempted
+    halfway: socket.socket | None = None
+    if isinstance(address, str) and hasattr(socket, "AF_UNIX"):
+        halfway = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        halfway.connect(address)
+        halfway.sendall(b"\0\0")  # two bytes of a four-byte message header, then nothing
+    try:
+        # The worker starts now, behind the stalled peers, and its records arrive.
+        assert executor.submit(tasks.log_numbered, 0, 5).result(timeout=RESULT_TIMEOUT) == 5
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        stalled = 2 if halfway is not None else 1
+        while sum("did not complete the handshake" in message for message in handler.messages()) < stalled:
+            assert time.monotonic() < deadline, handler.messages()
+            time.sleep(0.05)
+        started = time.monotonic()
+        executor.shutdown(wait=True)
+        assert time.monotonic() - started < 10
+    finally:
+        silent.close()
+        if halfway is not None:
+            halfway.close()
+    assert [message for message in handler.messages() if message.startswith("task 0")] == [
+        f"task 0 record {n}" for n in range(5)
+    ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("start_method", ["spawn"])
+def test_a_peer_without_the_key_is_refused_and_the_pool_goes_on(
+    portable: None,
+    make_executor: Callable[..., LoggingProcessPoolExecutor],
+    collect: Callable[..., ListHandler],
+) -> None:
+    """The stdlib's authkey challenge refuses a peer without the key; it is reported; the pool
+    keeps working and the parent's logging is intact."""
+    handler = collect()
+    with make_executor(1) as executor:
+        assert executor._logexec_listener.transport == _transports.PORTABLE
+        with pytest.raises(AuthenticationError):
+            _portable.connect(executor._logexec_listener.address, b"not the key")
+        assert executor.submit(tasks.log_numbered, 1, 3).result(timeout=RESULT_TIMEOUT) == 3
+    assert any("failed authentication" in message for message in handler.messages())
+    assert [message for message in handler.messages() if message.startswith("task 1")] == [
+        f"task 1 record {n}" for n in range(3)
+    ]
+    assert logging.getLogger().handlers
+
+
+# --- addresses -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="AF_UNIX paths")
+@pytest.mark.parametrize("abstract", [True, False], ids=["linux", "macos-like"])
+def test_the_address_fits_af_unix_with_a_long_tmpdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, abstract: bool
+) -> None:
+    """With a TMPDIR too long for AF_UNIX (macOS's are long, its limit 104 bytes), the portable
+    address is a Linux abstract name, or, without one (macOS), a private directory in /tmp
+    that fits: never the stdlib's default address, which would not."""
+    if abstract and not sys.platform.startswith("linux"):
+        pytest.skip("abstract names are Linux's")
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr("tempfile.tempdir", str(deep))
+    monkeypatch.setattr(_listener, "_ABSTRACT_NAMESPACE", abstract)
+    directory, address = _portable.new_address(_listener._new_address)
+    try:
+        assert isinstance(address, str)
+        if abstract:
+            assert directory is None and address.startswith("\0")
+        else:
+            assert directory is not None and directory.startswith("/tmp/")
+            assert len(os.fsencode(address)) < 104
+            assert os.stat(directory).st_mode & 0o777 == 0o700
+        server = _portable.Server(address, b"k" * 32, _listener.report)
+        server.close()
+    finally:
+        if directory is not None:
+            os.rmdir(directory)
+
+
+def test_without_af_unix_the_address_is_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where neither named pipes nor AF_UNIX exist, the listener takes a loopback port."""
+    if sys.platform == "win32":
+        pytest.skip("Windows uses named pipes")
+    monkeypatch.delattr(socket, "AF_UNIX", raising=False)
+    assert _portable.new_address(_listener._new_address) == (None, ("127.0.0.1", 0))
+
+
+# --- whole workloads in interpreters stripped as other platforms are -----------------------
+
+# Names that Windows lacks and this module's tests take away, with the modules that hold them.
+WINDOWS_LACKS = {
+    "socket": [
+        "AF_UNIX",
+        "send_fds",
+        "recv_fds",
+        "CMSG_SPACE",
+        "CMSG_LEN",
+        "SCM_RIGHTS",
+        "MSG_DONTWAIT",
+        "MSG_PEEK",
+        "MSG_CMSG_CLOEXEC",
+    ],
+    "os": ["memfd_create", "fork", "forkpty", "register_at_fork"],
+}
+# macOS has AF_UNIX and fork, but no memfd and no MSG_CMSG_CLOEXEC; its default is spawn.
+MACOS_LACKS = {"socket": ["MSG_CMSG_CLOEXEC"], "os": ["memfd_create"]}
+
+_SITECUSTOMIZE = """
+# Strips this interpreter of names a platform lacks, before anything else imports; spawn
+# workers start with the same PYTHONPATH, so they are stripped too.
+import os, socket, sys
+LACKS = {lacks!r}
+if {block_fcntl!r}:
+    sys.modules["fcntl"] = None  # "import fcntl" raises ImportError, as on Windows
+for module_name, names in LACKS.items():
+    module = sys.modules[module_name]
+    for name in names:
+        if hasattr(module, name):
+            delattr(module, name)
+"""
+
+_WORKLOAD = """
+import logging, multiprocessing, os, socket, sys
+sys.path.insert(0, {root!r})
+for module_name, names in {lacks!r}.items():
+    assert not any(hasattr(sys.modules[module_name], name) for name in names), "not stripped"
+from logexec import LoggingProcessPoolExecutor, _listener
+from tests import lifecycle_tasks
+
+def stripped_in_worker():
+    return not hasattr(os, "memfd_create") and "MSG_CMSG_CLOEXEC" not in dir(socket)
+
+if __name__ == "__main__":
+    _listener._ABSTRACT_NAMESPACE = {abstract!r}  # macOS has no abstract names
+    records = []
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+    logging.getLogger().addHandler(Keep())
+    logging.getLogger().setLevel(logging.INFO)
+    context = multiprocessing.get_context("spawn")
+    with LoggingProcessPoolExecutor(2, mp_context=context) as executor:
+        futures = [executor.submit(lifecycle_tasks.log_numbered, task, 200) for task in range(6)]
+        assert [future.result(timeout=60) for future in futures] == [200] * 6
+        assert executor.submit(stripped_in_worker).result(timeout=60)
+        transport = executor._logexec_listener.transport
+        address = executor._logexec_listener.address
+    expected = [f"task {{task}} record {{n}}" for task in range(6) for n in range(200)]
+    received = [message for message in records if message.startswith("task ")]
+    assert sorted(received) == sorted(expected), (len(received), len(expected))
+    assert not [message for message in records if message.startswith("logexec")], records
+    print(transport, repr(address))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(
+    ("platform", "forced", "expected"),
+    [
+        ("windows-like", "", _transports.PORTABLE),
+        ("macos-like", "", _transports.SOCKET),
+        ("macos-like", _transports.PORTABLE, _transports.PORTABLE),
+    ],
+)
+def test_a_stripped_interpreter_delivers_every_record(
+    tmp_path: Path, platform: str, forced: str, expected: str
+) -> None:
+    """In an interpreter (parent and spawn workers) without the names a platform lacks,
+    logexec imports, chooses the best transport that platform has, and every record of a
+    real workload arrives under spawn."""
+    if sys.platform == "win32":
+        pytest.skip("strips a POSIX interpreter")
+    lacks = WINDOWS_LACKS if platform == "windows-like" else MACOS_LACKS
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        _SITECUSTOMIZE.format(lacks=lacks, block_fcntl=platform == "windows-like")
+    )
+    # macOS-like: a temporary directory too long for AF_UNIX, as macOS's are.
+    deep = tmp_path / ("t" * 70) / ("u" * 40)
+    deep.mkdir(parents=True)
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in (_transports.ENV_TRANSPORT, _transports.ENV_SHARED_MEMORY)
+    }
+    environment["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)])
+    environment["TMPDIR"] = str(deep)
+    if forced:
+        environment[_transports.ENV_TRANSPORT] = forced
+    # A file, not -c: spawn workers import the main module for stripped_in_worker.
+    script = tmp_path / "workload.py"
+    script.write_text(_WORKLOAD.format(root=str(ROOT), lacks=lacks, abstract=platform != "macos-like"))
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=environment,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    transport, address = done.stdout.split(maxsplit=1)
+    assert transport == expected
+    if platform == "windows-like":
+        assert address.startswith("('127.0.0.1',")  # no AF_UNIX, no named pipes: loopback
+    else:
+        assert address.startswith("'/tmp/logexec-")  # the long TMPDIR was avoided
