@@ -509,22 +509,22 @@ def assemble_results() -> None:
         section = RESULTS_DIRECTORY / f"{name}.md"
         if section.exists():
             parts += ["", section.read_text(encoding="utf-8").rstrip()]
-    alternatives = sorted(RESULTS_DIRECTORY.glob("*_alt.md"))
-    if alternatives:
-        parts += [
-            "",
+    extras = (
+        (
+            "*_alt.md",
             "# A/B runs (`--alt-logexec`): `alt` is logexec imported from another directory "
             "(which one, and what it holds: `commands.txt`)",
-        ]
-        for section in alternatives:
-            parts += ["", section.read_text(encoding="utf-8").rstrip()]
-    transports = sorted(RESULTS_DIRECTORY.glob("*_transports.md"))
-    if transports:
-        parts += [
-            "",
+        ),
+        (
+            "*_transports.md",
             "# Transports (`--transports`): `logexec` is the best transport here (the ring on x86-64 "
             "Linux), `logexec-<transport>` the same pool forced onto that one (LOGEXEC_TRANSPORT)",
-        ]
-        for section in transports:
-            parts += ["", section.read_text(encoding="utf-8").rstrip()]
+        ),
+    )
+    for pattern, heading in extras:
+        sections = sorted(RESULTS_DIRECTORY.glob(pattern))
+        if sections:
+            parts += ["", heading]
+            for section in sections:
+                parts += ["", section.read_text(encoding="utf-8").rstrip()]
     (RESULTS_DIRECTORY / "results.md").write_text("\n".join(parts) + "\n", encoding="utf-8")

@@ -14,7 +14,7 @@ Three transports, best first; each worker uses the one its parent chose:
 Every probe looks for a name at the moment of asking, never at import: a module that needs a
 POSIX-only name may be imported on any platform, and a test can take the name away.
 
-``LOGEXEC_TRANSPORT=ring|socket|portable`` forces one (for CI, which runs the whole suite
+``LOGEXEC_TRANSPORT=ring|socket|portable`` forces one (for CI, which runs the channel's tests
 through each, and for anyone who wants a slower but simpler path); a transport this platform
 lacks falls back to the best one below it that it has. ``LOGEXEC_SHARED_MEMORY=0``, the
 older switch, still means ``socket``.

@@ -148,3 +148,20 @@ def log_through_named(name: str, message: str) -> int:
 
 def pid() -> int:
     return os.getpid()
+
+
+class _Keep(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def keep_records() -> list[logging.LogRecord]:
+    """For the scripts tests run in their own interpreter: root at INFO, keeping every record."""
+    records: list[logging.LogRecord] = []
+    logging.getLogger().addHandler(_Keep(records))
+    logging.getLogger().setLevel(logging.INFO)
+    return records

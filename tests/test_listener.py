@@ -366,17 +366,13 @@ def test_a_long_tmpdir_works(start_method: str, tmp_path: Path) -> None:
         from logexec import LoggingProcessPoolExecutor
         from tests import lifecycle_tasks
         if __name__ == "__main__":
-            records = []
-            class Keep(logging.Handler):
-                def emit(self, record):
-                    records.append(record.getMessage())
-            logging.getLogger().addHandler(Keep())
-            logging.getLogger().setLevel(logging.INFO)
+            records = lifecycle_tasks.keep_records()
             context = multiprocessing.get_context({start_method!r})
             with LoggingProcessPoolExecutor(2, mp_context=context) as executor:
                 address = executor._logexec_listener.address
                 assert executor.submit(lifecycle_tasks.log_numbered, 0, 5).result(timeout=60) == 5
-            assert records == [f"task 0 record {{n}}" for n in range(5)], records
+            messages = [record.getMessage() for record in records]
+            assert messages == [f"task 0 record {{n}}" for n in range(5)], messages
             print("abstract" if address.startswith("\\0") else address)
         """
     )
@@ -463,12 +459,7 @@ from tests import lifecycle_tasks
 
 if __name__ == "__main__":
     faulthandler.dump_traceback_later(50, exit=True)
-    records = []
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-    logging.getLogger().addHandler(Keep())
-    logging.getLogger().setLevel(logging.INFO)
+    records = lifecycle_tasks.keep_records()
     context = multiprocessing.get_context({method!r})
     pool = LoggingProcessPoolExecutor if {ours!r} else ProcessPoolExecutor
     limit = len(os.listdir("/proc/self/fd")) + {headroom}

@@ -240,12 +240,7 @@ def stripped_in_worker():
 
 if __name__ == "__main__":
     _listener._ABSTRACT_NAMESPACE = {abstract!r}  # macOS has no abstract names
-    records = []
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-    logging.getLogger().addHandler(Keep())
-    logging.getLogger().setLevel(logging.INFO)
+    kept = lifecycle_tasks.keep_records()
     context = multiprocessing.get_context("spawn")
     with LoggingProcessPoolExecutor(2, mp_context=context) as executor:
         futures = [executor.submit(lifecycle_tasks.log_numbered, task, 200) for task in range(6)]
@@ -253,6 +248,7 @@ if __name__ == "__main__":
         assert executor.submit(stripped_in_worker).result(timeout=60)
         transport = executor._logexec_listener.transport
         address = executor._logexec_listener.address
+    records = [record.getMessage() for record in kept]
     expected = [f"task {{task}} record {{n}}" for task in range(6) for n in range(200)]
     received = [message for message in records if message.startswith("task ")]
     assert sorted(received) == sorted(expected), (len(received), len(expected))
