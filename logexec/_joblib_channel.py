@@ -187,7 +187,8 @@ def _reset_after_fork_in_child() -> None:
     _configuring = 0
 
 
-os.register_at_fork(after_in_child=_reset_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # no fork, hence no hook, on Windows
+    os.register_at_fork(after_in_child=_reset_after_fork_in_child)
 
 
 def capture_levels() -> Levels:

@@ -311,3 +311,52 @@ def test_a_stripped_interpreter_delivers_every_record(
         assert address.startswith("('127.0.0.1',")  # no AF_UNIX, no named pipes: loopback
     else:
         assert address.startswith("'/tmp/logexec-")  # the long TMPDIR was avoided
+
+
+_IMPORT_EVERYTHING = """
+import importlib, os, pkgutil, sys, traceback
+sys.path.insert(0, {root!r})
+import logexec
+package = os.path.dirname(os.path.abspath(logexec.__file__))
+names = sorted(module.name for module in pkgutil.walk_packages(logexec.__path__, "logexec."))
+failed, elsewhere = [], []
+for name in names:
+    try:
+        importlib.import_module(name)
+    except Exception as error:
+        innermost = traceback.extract_tb(error.__traceback__)[-1].filename
+        missing = (error.name or "").split(".")[0] if isinstance(error, ImportError) else ""
+        if missing in {{"dask", "distributed", "joblib"}}:
+            continue  # an optional integration's own dependency is not installed
+        if os.path.abspath(innermost).startswith(package):
+            failed.append(f"{{name}}: {{error!r}}")
+        else:
+            # Raised inside a third-party package that still believes it is on Linux
+            # (psutil's Linux module wants AF_UNIX): an artefact of the stripping.
+            elsewhere.append(f"{{name}}: {{innermost}}")
+assert not failed, failed
+print(len(names), len(elsewhere))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_every_module_imports_in_a_windows_like_interpreter(tmp_path: Path) -> None:
+    """Nothing on any import path needs a name Windows lacks: every module of the package,
+    the optional integrations included, imports in an interpreter stripped of them."""
+    if sys.platform == "win32":
+        pytest.skip("strips a POSIX interpreter")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(lacks=WINDOWS_LACKS, block_fcntl=True))
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EVERYTHING.format(root=str(ROOT))],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=environment,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    walked, _ = map(int, done.stdout.split())
+    assert walked >= 20  # every module was walked, not an empty package
