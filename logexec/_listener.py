@@ -601,6 +601,12 @@ class Listener:
             except OSError:
                 sock.close()
                 continue
+            except BaseException:
+                # Closed, not dropped: an open socket (the report's traceback holds it) would
+                # leave the worker waiting for its greeting for ever, and the pool's shutdown
+                # with it. Hung up on, the worker connects again (_worker.CONNECT_ATTEMPTS).
+                sock.close()
+                raise
             connection = _Connection(sock, challenge)
             self._connections.append(connection)
             selector.register(sock, selectors.EVENT_READ, connection)
