@@ -114,14 +114,13 @@ def segfault_after_logging(env: Env) -> None:
 
 
 def killed_while_sending_a_10mb_record(env: Env) -> None:
-    release = threading.Event()
-
     class Stalling(logging.Handler):
-        """Holds the listener on the first record so the big one fills the socket."""
+        """Holds the listener on the first record until its worker is dead, so that the big
+        one fills the channel and can never be written whole."""
 
         def emit(self, record: logging.LogRecord) -> None:
             if record.getMessage() == "small before":
-                release.wait(timeout=1.0)
+                helpers.wait_until_gone(record.process, RESULT_TIMEOUT)
 
     logging.getLogger("tests.huge").addHandler(Stalling())
     with env.executor() as executor:
