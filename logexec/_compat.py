@@ -1,7 +1,8 @@
 """The one place where logexec reads state that has no public accessor.
 
 ``logging`` offers no public way to list existing loggers, to read the level given to
-``logging.disable``, or to learn that a level changed; ``ProcessPoolExecutor`` none to learn
+``logging.disable``, to learn that a level changed, or to change a logger's handlers under
+its own lock; ``ProcessPoolExecutor`` none to learn
 when its workers have all exited. Each lives in a private attribute unchanged from 3.9 to
 3.14; the tests in ``tests/test_compat.py`` pin every one of them on every Python we support.
 """
@@ -33,6 +34,31 @@ def explicit_levels() -> dict[str, int]:
         if logger.level != logging.NOTSET:
             levels[logger.name] = logger.level
     return levels
+
+
+def add_handler_first(logger: logging.Logger, handler: logging.Handler) -> None:
+    """Put ``handler`` first among ``logger``'s handlers, in a new list, under logging's lock.
+
+    ``Logger.callHandlers`` walks ``logger.handlers`` without a lock, so a handler that
+    another thread removes in place meanwhile (``removeHandler``; Dask's forward_logging
+    does that on a worker's event loop) makes the walk skip the handler after it: a record
+    silently lost to that one. Nothing can be removed before the first, and a walk in
+    progress keeps the old list, undisturbed by this change or by ``remove_handler``.
+    """
+    with _logging_lock():
+        logger.handlers = [handler, *(other for other in logger.handlers if other is not handler)]
+
+
+def remove_handler(logger: logging.Logger, handler: logging.Handler) -> None:
+    """Take ``handler`` off ``logger`` in a new list (see ``add_handler_first``)."""
+    with _logging_lock():
+        logger.handlers = [other for other in logger.handlers if other is not handler]
+
+
+def _logging_lock() -> threading.RLock:
+    # The lock addHandler and removeHandler take (_acquireLock() before 3.13, the same lock).
+    lock: threading.RLock = getattr(logging, "_lock")  # noqa: B009  # private: no stub
+    return lock
 
 
 def wake_executor_manager(executor: object) -> bool:

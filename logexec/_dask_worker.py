@@ -45,7 +45,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
-from . import _context, _transport
+from . import _compat, _context, _transport
 
 # The levels the driver had at submit: its explicit logger levels, and logging.disable's.
 Levels = tuple[dict[str, int], int]
@@ -285,7 +285,9 @@ class _LoggingLease:
             self._leases[lease] = levels
             if self._handler is None:
                 self._handler = _TaskHandler()
-                logging.getLogger().addHandler(self._handler)
+                # First, in a new list: never skipped when another handler is removed
+                # meanwhile (see _compat.add_handler_first).
+                _compat.add_handler_first(logging.getLogger(), self._handler)
             self._apply_levels()
             return lease
 
@@ -294,7 +296,7 @@ class _LoggingLease:
             self._leases.pop(lease, None)
             self._apply_levels()
             if not self._leases and self._handler is not None:
-                logging.getLogger().removeHandler(self._handler)
+                _compat.remove_handler(logging.getLogger(), self._handler)
                 self._handler = None
 
     def _apply_levels(self) -> None:

@@ -649,6 +649,9 @@ class Listener:
             sock.setblocking(True)
             challenge = os.urandom(_transport.CHALLENGE_SIZE)
             if not self._greet(sock, challenge):
+                # Closed, not dropped: an open socket (a report's traceback may hold it) would
+                # leave the worker waiting for its greeting for ever, and the pool's shutdown
+                # with it. Hung up on, the worker connects again (_worker.CONNECT_ATTEMPTS).
                 sock.close()
                 continue
             connection = _Connection(sock, challenge)

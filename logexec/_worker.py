@@ -70,6 +70,17 @@ class ChannelClosed(ConnectionError):
     """The parent cannot be reached: it exited, or its listener closed this connection."""
 
 
+# How many times a worker connects when the listener hangs up before its greeting. The
+# listener does that only when sending the greeting failed unexpectedly (and reports it),
+# never to refuse (a refusal says why): the next connection is greeted. Bounded, so that a
+# listener that keeps failing ends in the initializer's error rather than a loop.
+CONNECT_ATTEMPTS = 3
+
+
+class _NoGreeting(EOFError):
+    """The listener closed a new connection without greeting it (see CONNECT_ATTEMPTS)."""
+
+
 class Channel:
     """The worker's end of its connection; also the "queue" of its ``QueueHandler``."""
 
@@ -99,6 +110,16 @@ class Channel:
         self.records_in_task = 0
 
     def connect(self) -> None:
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            try:
+                self._connect_once()
+            except _NoGreeting:
+                if attempt == CONNECT_ATTEMPTS:
+                    raise
+            else:
+                return
+
+    def _connect_once(self) -> None:
         transport = self._config.transport or _transports.choose()
         sock: _Stream
         if transport == _transports.PORTABLE:
@@ -110,7 +131,11 @@ class Channel:
         try:
             if isinstance(sock, socket.socket):
                 sock.connect(self._config.address)
-            if _receive_exactly(sock, 1) != _transport.GREETING:
+            try:
+                greeting = _receive_exactly(sock, 1)
+            except EOFError:
+                raise _NoGreeting("the parent's log listener hung up before its greeting") from None
+            if greeting != _transport.GREETING:
                 raise ChannelClosed(
                     f"logexec: the parent refused this worker's log connection: {_read_reason(sock)}"
                 )

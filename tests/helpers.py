@@ -8,7 +8,9 @@ import faulthandler
 import logging
 import logging.handlers
 import os
+import select
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -153,14 +155,57 @@ def flood_until_killed(worker: int) -> None:
 
 
 def log_huge_then_killed(size: int) -> None:
-    """Start sending one record of `size` bytes and get killed while it is being written."""
+    """Start sending one record of `size` bytes and get killed while it is being written.
+
+    The test's parent holds its listener until this process is gone, so the big frame can
+    never be written whole. The kill comes once the main thread is seen inside the
+    channel's write, not after a fixed time: on a loaded machine a timer can fire before
+    the record is even encoded (nothing cut off, nothing to report).
+    """
     logger = logging.getLogger("tests.huge")
     logger.info("small before")
-    pid = os.getpid()
-    # Kill ourselves from a thread while the main thread is inside sendall of the big frame.
-    threading.Timer(0.2, os.kill, (pid, signal.SIGKILL)).start()
+    threading.Thread(target=_kill_when_writing, args=(threading.get_ident(),), daemon=True).start()
     logger.info("%s", "y" * size)
     time.sleep(30)
+
+
+def _kill_when_writing(thread_id: int) -> None:
+    """SIGKILL this process once ``thread_id`` is inside the worker channel's ``_write``."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread_id)
+        while frame is not None and not (
+            frame.f_code.co_name == "_write" and frame.f_code.co_filename.endswith("_worker.py")
+        ):
+            frame = frame.f_back
+        if frame is not None:
+            break
+        time.sleep(0.005)
+    # From the call into the frame's first bytes, which then stay in the parent's hands, is
+    # microseconds of work; the write itself never ends while the parent holds its listener.
+    time.sleep(0.1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wait_until_gone(pid: int, timeout: float) -> None:
+    """Return once process ``pid`` has exited (or after ``timeout`` seconds)."""
+    if not hasattr(os, "pidfd_open"):  # not Linux: until it is gone and reaped
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.01)
+        return
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # gone already
+    try:
+        select.select([descriptor], [], [], timeout)
+    finally:
+        os.close(descriptor)
 
 
 def initializer_logs_then_raises(n: int) -> None:

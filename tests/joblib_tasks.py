@@ -90,30 +90,3 @@ def nested_parallel(n: int) -> list[int]:
 
 def log_in_initializer(tag: str) -> None:
     logging.getLogger("tests.joblib.init").info("initializer ran with %s", tag)
-
-
-try:
-    from sklearn.base import BaseEstimator, ClassifierMixin
-except ImportError:  # the scikit-learn tests are skipped
-    pass
-else:
-
-    class LoggingClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
-        """Predicts the majority class; logs once per fit, naming its parameter."""
-
-        def __init__(self, strength: float = 1.0) -> None:
-            self.strength = strength
-
-        def fit(self, features: Any, labels: Any) -> LoggingClassifier:
-            import numpy
-
-            log.info("fit with strength %s on %d rows", self.strength, len(labels))
-            values, counts = numpy.unique(labels, return_counts=True)
-            self.classes_ = values
-            self.majority_ = values[counts.argmax()]
-            return self
-
-        def predict(self, features: Any) -> Any:
-            import numpy
-
-            return numpy.full(len(features), self.majority_)

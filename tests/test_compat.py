@@ -41,6 +41,29 @@ def test_explicit_levels_lists_only_set_levels() -> None:
     assert "compat.unset" not in levels
 
 
+def test_handler_changes_take_the_lock_addhandler_takes_and_leave_walks_alone() -> None:
+    """add_handler_first/remove_handler hold the lock logging's addHandler holds (so neither
+    loses the other's change), and replace the list (so a walk in progress keeps its own)."""
+    logger = logging.getLogger("compat.handlers")
+    first, ours = logging.NullHandler(), logging.NullHandler()
+    logger.addHandler(first)
+    walked = logger.handlers
+    _compat.add_handler_first(logger, ours)
+    assert logger.handlers == [ours, first] and walked == [first]
+    walked = logger.handlers
+    _compat.remove_handler(logger, ours)
+    assert logger.handlers == [first] and walked == [ours, first]
+    lock = _compat._logging_lock()
+    added = threading.Event()
+    with lock:
+        # addHandler from another thread waits for the lock we hold.
+        adder = threading.Thread(target=lambda: (logger.addHandler(logging.NullHandler()), added.set()))
+        adder.start()
+        assert not added.wait(timeout=0.2)
+    adder.join(timeout=10)
+    assert added.is_set() and len(logger.handlers) == 2
+
+
 @pytest.mark.timeout(30)
 def test_wake_executor_manager_reaches_the_stdlib_manager_thread() -> None:
     """The attributes used to wake a ProcessPoolExecutor's manager exist and work."""

@@ -237,6 +237,28 @@ def test_worker_filters_by_its_own_drivers_levels() -> None:
     assert [record.getMessage() for record in sender.records()] == ["kept"]
 
 
+def test_worker_handler_misses_no_record_when_another_root_handler_goes() -> None:
+    """A root handler removed while a record is being handled (Dask's forward_logging does
+    that on the worker's event loop, meanwhile the task logs) costs the task none of it."""
+
+    class RemovesItself(logging.Handler):
+        """Removed mid-iteration, as another thread may remove it: deterministically."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            logging.getLogger().removeHandler(self)
+
+    logging.getLogger().addHandler(RemovesItself())  # before the task's, as a plugin's would be
+
+    def task() -> int:
+        for number in range(3):
+            dask_tasks.LOGGER.warning("record %d", number)
+        return 3
+
+    sender = ListSender()
+    run_here(sender, 4, ({"": logging.WARNING}, 0), task)
+    assert [record.getMessage() for record in sender.records()] == ["record 0", "record 1", "record 2"]
+
+
 def test_worker_late_record_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     """A record logged in a task's context after the task returned is written to stderr, not lost."""
     import contextvars

@@ -205,7 +205,11 @@ class ThrottledHandler(logging.Handler):
 @pytest.mark.parametrize("start_method", ["fork"])
 def test_slow_parent_holds_workers_back_instead_of_buffering(make_executor: Callable[..., Any]) -> None:
     """Workers flooding a slow parent stay within 50 MiB of an idle worker's peak RSS."""
-    records, size = 60_000, 2048
+    # 117 MiB per worker, more than twice the bound: a worker that buffered what the parent
+    # has not taken yet (at most 10k records/s here) would pass the bound well before its
+    # task ended. In few large records rather than many small ones: the bytes are what the
+    # bound is about; each record costs the throttled handler time, and the test minutes.
+    records, size = 15_000, 8192
     with make_executor(2) as idle_executor:
         idle = max(
             idle_executor.submit(helpers.peak_rss_kib).result(timeout=RESULT_TIMEOUT) for _ in range(2)

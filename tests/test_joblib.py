@@ -398,10 +398,12 @@ class TestScikitLearn:
         from sklearn.datasets import load_iris
         from sklearn.model_selection import cross_val_score
 
+        from tests import sklearn_tasks
+
         caplog.set_level(logging.INFO, logger="tests.joblib")
         features, labels = load_iris(return_X_y=True)
         with parallel_config(backend="logexec"):
-            scores = cross_val_score(joblib_tasks.LoggingClassifier(), features, labels, cv=3, n_jobs=2)
+            scores = cross_val_score(sklearn_tasks.LoggingClassifier(), features, labels, cv=3, n_jobs=2)
         assert len(scores) == 3
         fits = [record for record in caplog.records if record.getMessage().startswith("fit with")]
         assert len(fits) == 3
@@ -412,9 +414,11 @@ class TestScikitLearn:
         from sklearn.datasets import load_iris
         from sklearn.model_selection import GridSearchCV
 
+        from tests import sklearn_tasks
+
         handler = collect("tests.joblib")
         features, labels = load_iris(return_X_y=True)
-        search = GridSearchCV(joblib_tasks.LoggingClassifier(), {"strength": [0.5, 1.0]}, cv=2, n_jobs=2)
+        search = GridSearchCV(sklearn_tasks.LoggingClassifier(), {"strength": [0.5, 1.0]}, cv=2, n_jobs=2)
         with parallel_config(backend="logexec"):
             search.fit(features, labels)
         fold_fits = [message for message in handler.messages() if message.endswith(" on 75 rows")]

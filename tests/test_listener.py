@@ -98,6 +98,7 @@ _injection("select", selectors.DefaultSelector, "select", 3)
 _injection("recv-into", socket.socket, "recv_into", 3)
 _injection("recv-hello", socket.socket, "recvmsg_into", 1)
 _injection("send-answer", socket.socket, "sendall", 3)
+_injection("send-greeting", socket.socket, "sendall", 1)  # the first is always a greeting
 _injection("handshake-digest", _transport, "answer_challenge", 1, bound=False)
 _injection("ring-read", _ring.RingReader, "read_into", 5)
 _injection("ring-map", _ring, "RingReader", 1, bound=False)
