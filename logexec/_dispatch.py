@@ -146,6 +146,7 @@ class ForgetWhenDone:
 
 _STANDARD_HANDLE = logging.Logger.handle
 _STANDARD_CALL_HANDLERS = logging.Logger.callHandlers
+_STANDARD_FILTER = logging.Logger.filter
 
 
 def handle_safely(logger: logging.Logger, record: logging.LogRecord) -> None:
@@ -158,17 +159,28 @@ def handle_safely(logger: logging.Logger, record: logging.LogRecord) -> None:
     """
     if logger.disabled:
         return
-    verdict: object = logger.filter(record)
-    if not verdict:
-        return
-    if isinstance(verdict, logging.LogRecord):  # 3.12+: a filter may return a new record
-        record = verdict
+    # Logger.filter with no filters passes every record unchanged; this runs once per record
+    # on the listener thread, so the call is skipped unless it could say no (a filter, or a
+    # class with a filter() of its own).
+    if logger.filters or type(logger).filter is not _STANDARD_FILTER:
+        verdict: object = logger.filter(record)
+        if not verdict:
+            return
+        if isinstance(verdict, logging.LogRecord):  # 3.12+: a filter may return a new record
+            record = verdict
     found = 0
     current: logging.Logger | None = logger
     while current is not None:
-        if current.handlers:
-            found += len(current.handlers)
-            _call_handlers(current.handlers, record)
+        handlers = current.handlers
+        if handlers:
+            found += len(handlers)
+            # _call_handlers inlined: one call less per logger with handlers, per record.
+            for handler in handlers:
+                if record.levelno >= handler.level:
+                    try:
+                        handler.handle(record)
+                    except Exception:
+                        _report_handler_error(handler, record)
         current = current.parent if current.propagate else None
     if not found and logging.lastResort is not None and record.levelno >= logging.lastResort.level:
         _call_handlers((logging.lastResort,), record)
@@ -180,10 +192,14 @@ def _call_handlers(handlers: Iterable[logging.Handler], record: logging.LogRecor
             try:
                 handler.handle(record)
             except Exception:
-                # Reported the way logging reports its own handlers' errors.
-                try:
-                    handler.handleError(record)
-                except Exception:
-                    # Its handleError fails too: the other handlers must still get the
-                    # record, so report this one as logging would, to stderr.
-                    _ERROR_REPORTER.handleError(record)
+                _report_handler_error(handler, record)
+
+
+def _report_handler_error(handler: logging.Handler, record: logging.LogRecord) -> None:
+    # Reported the way logging reports its own handlers' errors.
+    try:
+        handler.handleError(record)
+    except Exception:
+        # Its handleError fails too: the other handlers must still get the record, so
+        # report this one as logging would, to stderr.
+        _ERROR_REPORTER.handleError(record)

@@ -803,7 +803,7 @@ def build_record(values: tuple[Any, ...]) -> tuple[int | None, logging.LogRecord
             return _build_carefully(values)
     # Do not change this to logging.makeLogRecord: it runs LogRecord.__init__ first, which
     # costs more than everything else here and whose values we overwrite anyway.
-    record: logging.LogRecord = _new_record(logging.LogRecord)
+    record: logging.LogRecord = _new_record(_LOG_RECORD)
     record.__dict__ = state
     return task_id, record
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from logexec import LoggingProcessPoolExecutor
-from logexec._dispatch import check_handlers
+from logexec._dispatch import check_handlers, handle_safely
 
 
 @pytest.mark.timeout(5)
@@ -53,3 +53,37 @@ def test_a_null_handler_is_the_way_to_drop_records_on_purpose() -> None:
     """[logging.NullHandler()] is accepted: dropping records must be said explicitly."""
     handler = logging.NullHandler()
     assert check_handlers([handler]) == (handler,)
+
+
+class _DroppingLogger(logging.Logger):
+    """A Logger whose own filter() drops everything, with no filter in its list."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+class _Collecting(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.timeout(5)
+def test_a_logger_class_with_its_own_filter_method_still_decides() -> None:
+    """Dispatch skips Logger.filter only when it has nothing to check: an overriding class is asked."""
+    logger = _DroppingLogger("logexec.test.dropping")
+    logger.parent = logging.getLogger()
+    handler = _Collecting()
+    logger.addHandler(handler)
+    record = logging.LogRecord(logger.name, logging.WARNING, __file__, 1, "dropped", None, None)
+    handle_safely(logger, record)
+    assert handler.records == []
+    plain = logging.Logger("logexec.test.plain")
+    plain.addHandler(handler)
+    handle_safely(plain, record)
+    plain.addFilter(lambda _: False)
+    handle_safely(plain, record)
+    assert handler.records == [record]
