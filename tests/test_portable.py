@@ -325,9 +325,16 @@ for name in names:
         importlib.import_module(name)
     except Exception as error:
         innermost = traceback.extract_tb(error.__traceback__)[-1].filename
-        missing = (error.name or "").split(".")[0] if isinstance(error, ImportError) else ""
-        if missing in {{"dask", "distributed", "joblib"}}:
-            continue  # an optional integration's own dependency is not installed
+        # An optional integration whose own dependency is not installed says so in an
+        # ImportError of its own, raised from the one that names the package.
+        cause = error
+        while cause is not None and not (
+            isinstance(cause, ImportError)
+            and (cause.name or "").split(".")[0] in {{"dask", "distributed", "joblib"}}
+        ):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            continue
         if os.path.abspath(innermost).startswith(package):
             failed.append(f"{{name}}: {{error!r}}")
         else:
