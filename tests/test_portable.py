@@ -259,6 +259,31 @@ if __name__ == "__main__":
 
 @pytest.mark.integration
 @pytest.mark.timeout(180)
+def _run_stripped(
+    tmp_path: Path,
+    lacks: dict[str, list[str]],
+    block_fcntl: bool,
+    arguments: list[str],
+    environment: dict[str, str],
+    timeout: float,
+) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter with ``arguments``, stripped of ``lacks`` (and of ``fcntl`` if
+    ``block_fcntl``) before anything imports: through ``sitecustomize`` on its ``PYTHONPATH``,
+    which spawn workers inherit."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(lacks=lacks, block_fcntl=block_fcntl))
+    environment = {**environment, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    return subprocess.run(
+        [sys.executable, *arguments],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+    )
+
+
 @pytest.mark.parametrize(
     ("platform", "forced", "expected"),
     [
@@ -276,11 +301,6 @@ def test_a_stripped_interpreter_delivers_every_record(
     if sys.platform == "win32":
         pytest.skip("strips a POSIX interpreter")
     lacks = WINDOWS_LACKS if platform == "windows-like" else MACOS_LACKS
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        _SITECUSTOMIZE.format(lacks=lacks, block_fcntl=platform == "windows-like")
-    )
     # macOS-like: a temporary directory too long for AF_UNIX, as macOS's are.
     deep = tmp_path / ("t" * 70) / ("u" * 40)
     deep.mkdir(parents=True)
@@ -289,21 +309,13 @@ def test_a_stripped_interpreter_delivers_every_record(
         for key, value in os.environ.items()
         if key not in (_transports.ENV_TRANSPORT, _transports.ENV_SHARED_MEMORY)
     }
-    environment["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT)])
     environment["TMPDIR"] = str(deep)
     if forced:
         environment[_transports.ENV_TRANSPORT] = forced
     # A file, not -c: spawn workers import the main module for stripped_in_worker.
     script = tmp_path / "workload.py"
     script.write_text(_WORKLOAD.format(root=str(ROOT), lacks=lacks, abstract=platform != "macos-like"))
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=150,
-        env=environment,
-    )
+    done = _run_stripped(tmp_path, lacks, platform == "windows-like", [str(script)], environment, timeout=150)
     assert done.returncode == 0, done.stderr[-4000:]
     transport, address = done.stdout.split(maxsplit=1)
     assert transport == expected
@@ -314,8 +326,10 @@ def test_a_stripped_interpreter_delivers_every_record(
 
 
 _IMPORT_EVERYTHING = """
-import importlib, os, pkgutil, sys, traceback
+import importlib, os, pkgutil, socket, sys, traceback
 sys.path.insert(0, {root!r})
+assert not hasattr(socket, "AF_UNIX") and not hasattr(os, "fork"), "not stripped"
+assert sys.modules.get("fcntl", 0) is None, "fcntl not blocked"
 import logexec
 package = os.path.dirname(os.path.abspath(logexec.__file__))
 names = sorted(module.name for module in pkgutil.walk_packages(logexec.__path__, "logexec."))
@@ -352,17 +366,13 @@ def test_every_module_imports_in_a_windows_like_interpreter(tmp_path: Path) -> N
     the optional integrations included, imports in an interpreter stripped of them."""
     if sys.platform == "win32":
         pytest.skip("strips a POSIX interpreter")
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE.format(lacks=WINDOWS_LACKS, block_fcntl=True))
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    done = subprocess.run(
-        [sys.executable, "-c", _IMPORT_EVERYTHING.format(root=str(ROOT))],
-        check=False,
-        capture_output=True,
-        text=True,
+    done = _run_stripped(
+        tmp_path,
+        WINDOWS_LACKS,
+        True,
+        ["-c", _IMPORT_EVERYTHING.format(root=str(ROOT))],
+        dict(os.environ),
         timeout=100,
-        env=environment,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     walked, _ = map(int, done.stdout.split())
