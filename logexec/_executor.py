@@ -58,7 +58,7 @@ import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing.context import BaseContext
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, ParamSpec, TypeVar
 
 from . import _compat, _context, _worker
 from ._dispatch import Dispatcher, ForgetWhenDone, check_handlers
@@ -66,14 +66,8 @@ from ._listener import Listener, report
 
 T = TypeVar("T")
 # submit() is typed as typeshed types Executor.submit, so that a type checker matches the
-# arguments against fn's parameters. ParamSpec is in typing from 3.10; before that it comes
-# from typing_extensions at type-check time only: no runtime dependency.
-if sys.version_info >= (3, 10):
-    from typing import ParamSpec
-elif TYPE_CHECKING:
-    from typing_extensions import ParamSpec
-if TYPE_CHECKING or sys.version_info >= (3, 10):
-    P = ParamSpec("P")
+# arguments against fn's parameters.
+P = ParamSpec("P")
 
 # Key size for the listener's HMAC handshake: the size of a SHA-256 block's security level.
 KEY_SIZE = 32
@@ -101,7 +95,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
       values at ``submit`` are set in the worker while the task runs. (Parent-side filters
       always see the submitter's whole context, with or without this.)
 
-    Platforms: CPython 3.9 to 3.13, under every start method the platform has. On x86-64
+    Platforms: CPython 3.10 to 3.15, under every start method the platform has. On x86-64
     Linux records travel through a shared-memory ring per worker; on other POSIX systems
     through the worker's ``AF_UNIX`` connection; where there is no ``AF_UNIX`` (Windows)
     through a ``multiprocessing.connection`` connection: the same guarantees each time

@@ -74,7 +74,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Union
 
 from . import _portable, _ring, _transport, _transports
 from ._dispatch import Dispatcher, handle_safely
@@ -125,7 +124,7 @@ _LOGGER = logging.getLogger("logexec")
 
 
 # What a connection is: a socket, or a multiprocessing connection dressed as one (_portable).
-_Stream = Union[socket.socket, _portable.StreamConnection]
+_Stream = socket.socket | _portable.StreamConnection
 
 
 class _Connection:

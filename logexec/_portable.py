@@ -42,7 +42,7 @@ import threading
 from collections.abc import Mapping
 from multiprocessing import AuthenticationError
 from multiprocessing import connection as mp_connection
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 # How long a new connection may take over the stdlib's handshake (see the module docstring).
 HANDSHAKE_SECONDS = 10.0
@@ -54,7 +54,7 @@ MESSAGE_LIMIT = 1 << 16
 # How long close() waits for the accept thread to see it is closing.
 CLOSE_SECONDS = 5.0
 
-Address = Union[str, tuple[str, int]]
+Address = str | tuple[str, int]
 Report = Callable[..., None]
 
 

@@ -19,7 +19,7 @@ import os
 import socket
 import sys
 import threading
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 from . import _compat, _context, _portable, _ring, _transport, _transports
 
@@ -30,7 +30,7 @@ Levels = tuple[dict[str, int], int]
 # every task submitted after a change, and applied once per version by each worker.
 LevelsUpdate = tuple[int, Levels]
 # The worker's connection: a socket, or a multiprocessing connection dressed as one.
-_Stream = Union[socket.socket, _portable.StreamConnection]
+_Stream = socket.socket | _portable.StreamConnection
 
 
 class WorkerConfig:

@@ -33,11 +33,11 @@ import traceback
 import unittest
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Optional, TextIO, Union
+from typing import Any, TextIO
 
 # What unittest hands to addError/addFailure.
-ExcInfo = tuple[type[BaseException], BaseException, Optional[TracebackType]]
-OptExcInfo = Union[ExcInfo, tuple[None, None, None]]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+OptExcInfo = ExcInfo | tuple[None, None, None]
 
 # A prelude for ``assert_python_ok('-c', script)``: isolated mode ignores PYTHONPATH, so the
 # paths are put back by hand, and the class is substituted as in this process. The scripts

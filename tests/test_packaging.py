@@ -26,7 +26,7 @@ def test_readme_links_and_images_are_absolute() -> None:
 
 @pytest.mark.timeout(5)
 def test_metadata_license_urls_and_python_versions() -> None:
-    """pyproject.toml: an SPDX license with its file, the four project URLs, a classifier per CPython 3.9+."""
+    """pyproject.toml: an SPDX license with its file, the four project URLs, a classifier per CPython 3.10+."""
     if sys.version_info < (3, 11):
         pytest.skip("tomllib is in the standard library from 3.11")
     import tomllib
@@ -43,7 +43,7 @@ def test_metadata_license_urls_and_python_versions() -> None:
     ]
     minimum = project["requires-python"].removeprefix(">=")
     assert versions[0] == minimum
-    assert versions == [f"3.{minor}" for minor in range(9, 9 + len(versions))]
+    assert versions == [f"3.{minor}" for minor in range(10, 10 + len(versions))]
 
 
 @pytest.mark.timeout(5)
