@@ -39,6 +39,19 @@ def _numbered(handler: ListHandler) -> dict[int, list[int]]:
     return per_task
 
 
+class _FirstRecord(logging.Handler):
+    """Sets ``arrived`` when a record whose message starts with ``prefix`` is handled."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.arrived = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            self.arrived.set()
+
+
 def _listener_threads() -> list[threading.Thread]:
     return [thread for thread in threading.enumerate() if thread.name.startswith("logexec-")]
 
@@ -220,9 +233,17 @@ def test_shutdown_is_bounded_while_a_grandchild_keeps_logging(
 ) -> None:
     """A forked child that outlives the pool and keeps logging holds shutdown for one deadline only."""
     handler = collect()
+    connected = _FirstRecord("long-lived grandchild")
+    logging.getLogger("tests.lifecycle").addHandler(connected)
     executor = make_executor(1)
     child = executor.submit(tasks.fork_child_that_keeps_logging, 30.0).result(timeout=RESULT_TIMEOUT)
     try:
+        # The child connects at its first record. One that has not connected by the time the
+        # worker exits is not known to the listener, which then has nothing to wait for, and
+        # the child's records go to its stderr: so its first record must have arrived before
+        # shutdown (without this wait the test failed whenever the child was slow to start,
+        # as in a full run on a loaded machine; a sleep before its first record showed it).
+        assert connected.arrived.wait(timeout=RESULT_TIMEOUT), "the forked child's first record never arrived"
         started = time.monotonic()
         executor.shutdown(wait=True)
         took = time.monotonic() - started
