@@ -165,3 +165,21 @@ def keep_records() -> list[logging.LogRecord]:
     logging.getLogger().addHandler(_Keep(records))
     logging.getLogger().setLevel(logging.INFO)
     return records
+
+
+# Set in each worker by the initializer below: the parent's event, shared with the workers.
+_logged: Any = None
+
+
+def remember_event(event: Any) -> None:
+    """Initializer: keep the parent's multiprocessing event for ``log_then_wait``."""
+    global _logged
+    _logged = event
+
+
+def log_then_wait(n: int, seconds: float) -> int:
+    """Log ``n`` numbered records, tell the parent (the initializer's event), then sleep."""
+    log_numbered(0, n)
+    _logged.set()
+    time.sleep(seconds)
+    return n

@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable
 
@@ -256,6 +257,64 @@ def test_shutdown_is_bounded_while_a_grandchild_keeps_logging(
         assert len(warnings) == 1 and str(child) in warnings[0], warnings
     finally:
         os.kill(child, 9)  # the worker's child, not ours: no waitpid
+
+
+class _Gate(logging.Handler):
+    """Holds the listener in the first record it handles until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.release.wait(timeout=RESULT_TIMEOUT)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="terminate_workers(), kill_workers(): new in 3.14")
+@pytest.mark.parametrize("operation", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers_deliver_what_was_logged_before(
+    make_executor: Callable[..., Any], mp_context: Any, collect: Callable[..., ListHandler], operation: str
+) -> None:
+    """Records logged before terminate_workers()/kill_workers() are delivered; the listener then stops."""
+    handler = collect("tests.lifecycle")
+    gate = _Gate()
+    logging.getLogger("tests.lifecycle").addHandler(gate)
+    logged = mp_context.Event()
+    executor = make_executor(1, initializer=tasks.remember_event, initargs=(logged,))
+    future = executor.submit(tasks.log_then_wait, 100, 60.0)
+    try:
+        assert logged.wait(timeout=RESULT_TIMEOUT), "the task never logged its records"
+        # The listener is held in the first record: the other 99 are still on their way
+        # when the worker is stopped.
+        assert gate.entered.wait(timeout=RESULT_TIMEOUT), "no record reached the parent"
+        getattr(executor, operation)()
+    finally:
+        gate.release.set()
+    with pytest.raises(BrokenProcessPool):  # as the stdlib's pool fails the running task
+        future.result(timeout=RESULT_TIMEOUT)
+    listener = executor._logexec_listener.thread
+    assert listener is not None
+    listener.join(timeout=RESULT_TIMEOUT)
+    assert not listener.is_alive(), "the listener did not stop after the workers were stopped"
+    assert _numbered(handler) == {0: list(range(100))}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="Executor.map's buffersize is new in 3.14")
+def test_map_buffersize_passes_through(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """map(..., buffersize=) works as in the stdlib: results in order, every task's records delivered."""
+    handler = collect("tests.lifecycle")
+    with make_executor(2) as executor:
+        with pytest.raises(ValueError, match="buffersize"):
+            executor.map(tasks.log_numbered, range(8), buffersize=0)
+        results = executor.map(tasks.log_numbered, range(8), [5] * 8, buffersize=2)
+        assert list(results) == [5] * 8
+    assert _numbered(handler) == {task: list(range(5)) for task in range(8)}
 
 
 def test_levels_changed_in_the_parent_decide(

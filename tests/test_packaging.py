@@ -26,7 +26,7 @@ def test_readme_links_and_images_are_absolute() -> None:
 
 @pytest.mark.timeout(5)
 def test_metadata_license_urls_and_python_versions() -> None:
-    """pyproject.toml: an SPDX license with its file, the four project URLs, a classifier per CPython 3.10+."""
+    """pyproject.toml: SPDX license and file, the four project URLs, one classifier per CPython 3.10+."""
     if sys.version_info < (3, 11):
         pytest.skip("tomllib is in the standard library from 3.11")
     import tomllib
