@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -267,3 +268,16 @@ def test_crash_matrix(case: Crash, mp_context: Any, capsys: pytest.CaptureFixtur
     with env.executor() as executor:
         assert executor.submit(helpers.log_n, 3).result(timeout=RESULT_TIMEOUT) == 3
     assert len(env.worker_records()) == 3
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(sys.version_info < (3, 15), reason="3.15 put the exit code in the cause")
+def test_broken_pool_names_the_exit_code_as_the_stdlib_does(mp_context: Any) -> None:
+    """3.15+: a dead worker's BrokenProcessPool names its exit code, as the stdlib's does."""
+    env = Env(mp_context, ListHandler())
+    with env.executor() as executor:
+        error = executor.submit(helpers.log_then_exit, 3).exception(timeout=RESULT_TIMEOUT)
+    stdlib = env.stdlib_exception(helpers.log_then_exit, 3)
+    for each in (error, stdlib):
+        assert isinstance(each, BrokenProcessPool)
+        assert "terminated abruptly with exit code 3" in str(each.__cause__), each.__cause__
