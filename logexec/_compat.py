@@ -3,8 +3,8 @@
 ``logging`` offers no public way to list existing loggers, to read the level given to
 ``logging.disable``, to learn that a level changed, or to change a logger's handlers under
 its own lock; ``ProcessPoolExecutor`` none to learn
-when its workers have all exited. Each lives in a private attribute unchanged from 3.9 to
-3.14; the tests in ``tests/test_compat.py`` pin every one of them on every Python we support.
+when its workers have all exited. Each lives in a private attribute unchanged from 3.10 to
+3.15; the tests in ``tests/test_compat.py`` pin every one of them on every Python we support.
 """
 
 from __future__ import annotations
