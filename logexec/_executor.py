@@ -246,6 +246,12 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         if wait or not self._logexec_watch.started:
             # Joined (or no worker ever ran): every record has reached the kernel; read it.
             self._logexec_listener.stop(wait=wait)
+        if wait:
+            # The stdlib's shutdown(wait=True) leaves none of its threads behind; ours must
+            # not either: a fork pool made next would fork a multi-threaded process (3.12+
+            # warns, and the child may inherit a held lock). The lifecycle thread has only
+            # the listener's stop() left to return from, done just above.
+            self._logexec_watch.join()
 
     def _start_channel(self) -> None:
         self._logexec_config.address = self._logexec_listener.bind()
@@ -289,16 +295,24 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
                 report(logging.WARNING, "logexec: could not start its lifecycle thread: %s", error)
                 return
             self._logexec_watch.started = True
+            self._logexec_watch.thread = thread
 
 
 class _Watch:
     """Whether the lifecycle thread runs; shared with the finalizer, which cannot hold self."""
 
-    __slots__ = ("lock", "started")
+    __slots__ = ("lock", "started", "thread")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.started = False
+        self.thread: threading.Thread | None = None
+
+    def join(self) -> None:
+        """Wait for the lifecycle thread to end, unless this is it (a handler it runs)."""
+        thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
 
 def _stop_after(manager: threading.Thread, listener: Listener) -> None:

@@ -270,14 +270,27 @@ def test_crash_matrix(case: Crash, mp_context: Any, capsys: pytest.CaptureFixtur
     assert len(env.worker_records()) == 3
 
 
-@pytest.mark.timeout(90)
+# Attempts at a break whose cause names the exit code: the stdlib reads the exit code
+# without waiting for it, so a break seen before the worker is reaped has no cause (1 to 2 in
+# 15 under fork here, with either pool); ten attempts all without one would mean we drop it.
+EXIT_CODE_ATTEMPTS = 10
+
+
+@pytest.mark.timeout(180)
 @pytest.mark.skipif(sys.version_info < (3, 15), reason="3.15 put the exit code in the cause")
 def test_broken_pool_names_the_exit_code_as_the_stdlib_does(mp_context: Any) -> None:
     """3.15+: a dead worker's BrokenProcessPool names its exit code, as the stdlib's does."""
     env = Env(mp_context, ListHandler())
-    with env.executor() as executor:
-        error = executor.submit(helpers.log_then_exit, 3).exception(timeout=RESULT_TIMEOUT)
+    causes: list[str] = []
+    for _ in range(EXIT_CODE_ATTEMPTS):
+        with env.executor() as executor:
+            error = executor.submit(helpers.log_then_exit, 3).exception(timeout=RESULT_TIMEOUT)
+        assert isinstance(error, BrokenProcessPool)
+        if error.__cause__ is not None:
+            causes.append(str(error.__cause__))
+            break
+    assert causes, f"no BrokenProcessPool named a cause in {EXIT_CODE_ATTEMPTS} attempts"
+    assert "terminated abruptly with exit code 3" in causes[0], causes
     stdlib = env.stdlib_exception(helpers.log_then_exit, 3)
-    for each in (error, stdlib):
-        assert isinstance(each, BrokenProcessPool)
-        assert "terminated abruptly with exit code 3" in str(each.__cause__), each.__cause__
+    assert isinstance(stdlib, BrokenProcessPool)
+    assert stdlib.__cause__ is None or "terminated abruptly with exit code 3" in str(stdlib.__cause__)

@@ -123,6 +123,19 @@ def test_dropped_before_any_submit_leaves_nothing_behind(mp_context: Any) -> Non
     assert not os.path.exists(address)
 
 
+def test_shutdown_with_wait_leaves_none_of_our_threads(
+    make_executor: Callable[..., Any], collect: Callable[..., ListHandler]
+) -> None:
+    """After shutdown(wait=True) no logexec thread runs, as no stdlib thread does after the stdlib's."""
+    collect("tests.lifecycle")
+    for task in range(5):
+        with make_executor(2) as executor:
+            assert executor.submit(tasks.log_numbered, task, 3).result(timeout=RESULT_TIMEOUT) == 3
+        # Checked at once: a fork pool made next would otherwise fork a multi-threaded
+        # process (3.12+ warns) while the lifecycle thread was finishing.
+        assert _listener_threads() == []
+
+
 def test_shutdown_from_a_done_callback_keeps_the_listener(
     mp_context: Any, collect: Callable[..., ListHandler]
 ) -> None:
