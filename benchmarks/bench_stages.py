@@ -1,7 +1,7 @@
 """Where the time goes per record: logexec's hot path, stage by stage, in one process.
 
 Not end to end: each stage is timed alone on real frames made by logexec's own transport
-(``logexec._transport``, a private module: this script follows it, and may need updating
+(``logexec._channel._transport``, a private module: this script follows it, and may need updating
 when it changes). No other process runs, so these are the costs without contention; the
 end-to-end numbers are in the other scripts. Stages, in order:
 
@@ -33,7 +33,8 @@ from typing import Any
 
 import _common
 
-from logexec import _dispatch, _transport, _worker
+from logexec import _dispatch
+from logexec._channel import _transport, _worker
 
 
 def per_item(function: Callable[[], int], repeats: int) -> float:

@@ -27,7 +27,7 @@ from typing import Any
 import _common
 
 import logexec
-from logexec import _listener
+from logexec._channel import _listener
 
 
 def logging_task(source: int, count: int) -> int:

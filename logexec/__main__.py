@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.command is None:
         parser.print_help(sys.stderr)
         return 2
-    from ._demo import run_demo
+    from ._selfcheck._demo import run_demo
 
     return run_demo(
         records=options.records,
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_command() -> None:
     """``python -m logexec``: run, then exit even if the demo found a hang in logexec."""
     status = main()
-    from . import _demo
+    from ._selfcheck import _demo
 
     if _demo.hung_threads_left:
         # The interpreter's exit would join the hung executor's threads, and hang too.

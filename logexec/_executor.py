@@ -60,9 +60,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, ParamSpec, TypeVar
 
-from . import _compat, _context, _worker
+from . import _compat, _context
+from ._channel import _worker
+from ._channel._listener import Listener, report
 from ._dispatch import Dispatcher, ForgetWhenDone, check_handlers
-from ._listener import Listener, report
 
 T = TypeVar("T")
 # submit() is typed as typeshed types Executor.submit, so that a type checker matches the

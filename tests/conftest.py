@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 import pytest
 
-from logexec import LoggingProcessPoolExecutor, _transports
+from logexec import LoggingProcessPoolExecutor
+from logexec._channel import _transports
 
 START_METHODS = ["spawn", "fork", "forkserver"]
 # The transport this run's pools use (LOGEXEC_TRANSPORT; CI runs the suite through each).

@@ -223,6 +223,6 @@ def log_specs(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _render(record: logging.LogRecord) -> str:
-    from logexec import _transport
+    from logexec._channel import _transport
 
     return _transport.render_message(record)

@@ -100,7 +100,7 @@ class ListSender:
         self.timers.append(callback)
 
     def records(self) -> list[logging.LogRecord]:
-        from logexec import _transport
+        from logexec._channel import _transport
 
         return [
             _transport.build_record(_transport.decode_values(payload))[1]
@@ -112,7 +112,7 @@ class ListSender:
 
 def run_here(sender: ListSender, task_id: int, levels: Any, fn: Callable[..., Any], *args: Any) -> Any:
     """Run the worker's task wrapper in this process, its events going to ``sender``."""
-    from logexec import _dask_worker
+    from logexec.dask import _worker as _dask_worker
 
     return _dask_worker.execute(sender, task_id, levels, (), None, fn, args, {})
 
@@ -137,7 +137,7 @@ def test_worker_wrapper_collects_only_its_own_context() -> None:
 
 def test_worker_batches_are_bounded_and_numbered() -> None:
     """A batch never exceeds MAX_BATCH_RECORDS; sequence numbers run on; the last event has the total."""
-    from logexec import _dask_worker
+    from logexec.dask import _worker as _dask_worker
 
     sender = ListSender()
     count = 2 * _dask_worker.MAX_BATCH_RECORDS + 10
@@ -188,7 +188,7 @@ def test_worker_silent_success_sends_nothing() -> None:
 
 def test_worker_levels_are_lowered_only_while_tasks_run() -> None:
     """Levels go down to the lowest a running task asks for, and back when the last one ends."""
-    from logexec import _dask_worker
+    from logexec.dask import _worker as _dask_worker
 
     lease = _dask_worker._LoggingLease()
     app = logging.getLogger("tests.dask.lease")
@@ -208,7 +208,7 @@ def test_worker_levels_are_lowered_only_while_tasks_run() -> None:
 
 def test_worker_level_changed_meanwhile_is_kept() -> None:
     """A level that someone else set while a task ran is not overwritten when it ends."""
-    from logexec import _dask_worker
+    from logexec.dask import _worker as _dask_worker
 
     lease = _dask_worker._LoggingLease()
     logging.getLogger().setLevel(logging.WARNING)
@@ -220,7 +220,7 @@ def test_worker_level_changed_meanwhile_is_kept() -> None:
 
 def test_worker_filters_by_its_own_drivers_levels() -> None:
     """A task whose driver wants WARNING gets no INFO, even while another task lowered root."""
-    from logexec import _dask_worker
+    from logexec.dask import _worker as _dask_worker
 
     lease = _dask_worker._LEASE  # the one run_task uses, as another task would hold it
     other = lease.acquire({"": logging.DEBUG})
@@ -263,7 +263,7 @@ def test_worker_late_record_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -
     """A record logged in a task's context after the task returned is written to stderr, not lost."""
     import contextvars
 
-    from logexec import _dask_worker
+    from logexec.dask import _worker as _dask_worker
 
     release = threading.Event()
     late = threading.Thread()
@@ -330,7 +330,7 @@ class FakeDaskFuture:
 
 def event(task_id: int, run_id: str, first: int, total: int, messages: list[str]) -> tuple[float, list[Any]]:
     """An event as the client's handler receives it: (time, [task, run, first, total, records])."""
-    from logexec import _transport
+    from logexec._channel import _transport
 
     payloads = [
         _transport.encode_values(
@@ -357,8 +357,8 @@ def logexec_dask() -> Any:
 @pytest.fixture
 def receiver(logexec_dask: Any) -> Iterator[tuple[Any, FakeClient, ListHandler]]:
     """A driver-side receiver on a stand-in client, dispatching to one ListHandler; closed afterwards."""
-    from logexec._dask_receiver import Receiver
     from logexec._dispatch import Dispatcher
+    from logexec.dask._receiver import Receiver
 
     client = FakeClient()
     handler = ListHandler()
@@ -370,7 +370,7 @@ def receiver(logexec_dask: Any) -> Iterator[tuple[Any, FakeClient, ListHandler]]
 def submitted(receiver: Any, task_id: int, dask_future: FakeDaskFuture) -> Any:
     from concurrent.futures import Future
 
-    from logexec._dask_receiver import Task
+    from logexec.dask._receiver import Task
 
     task = Task(task_id, Future())
     task.dask_future = dask_future
@@ -410,7 +410,7 @@ def test_driver_reports_records_that_never_arrive(
     receiver: tuple[Any, FakeClient, ListHandler], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Records the count says are missing: the future completes after a timeout, with an error record."""
-    from logexec import _dask_receiver
+    from logexec.dask import _receiver as _dask_receiver
 
     monkeypatch.setattr(_dask_receiver, "LATE_RECORDS_TIMEOUT", 0.3)
     reports = ListHandler()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from logexec import _compare, _demo
 from logexec.__main__ import main
+from logexec._selfcheck import _compare, _demo
 
 pytestmark = pytest.mark.integration
 

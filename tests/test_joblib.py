@@ -19,8 +19,8 @@ joblib = pytest.importorskip("joblib", reason="joblib is not installed (pip inst
 
 from joblib import Parallel, delayed, parallel_config  # noqa: E402  # after the skip
 
-from logexec import _joblib_channel  # noqa: E402
 from logexec.joblib import LogexecBackend, register_logexec  # noqa: E402
+from logexec.joblib import _channel as _joblib_channel  # noqa: E402
 
 # Generous: a test that needs a new pool waits for loky to start one, ~30 s at worst on a
 # loaded 2-CPU machine.

@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 import pytest
 
-from logexec import LoggingProcessPoolExecutor, _listener
+from logexec import LoggingProcessPoolExecutor
+from logexec._channel import _listener
 
 from . import lifecycle_tasks as tasks
 from .conftest import ListHandler

@@ -21,15 +21,8 @@ from typing import Any, Callable
 
 import pytest
 
-from logexec import (
-    LoggingProcessPoolExecutor,
-    _dispatch,
-    _listener,
-    _portable,
-    _ring,
-    _transport,
-    _transports,
-)
+from logexec import LoggingProcessPoolExecutor, _dispatch
+from logexec._channel import _listener, _portable, _ring, _transport, _transports
 
 from . import lifecycle_tasks as tasks
 from .conftest import TRANSPORT, ListHandler, socket_protocol_only

@@ -27,8 +27,9 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from logexec import LoggingProcessPoolExecutor, _transport
-from logexec._transport import ProtocolError, Unrebuilt
+from logexec import LoggingProcessPoolExecutor
+from logexec._channel import _transport
+from logexec._channel._transport import ProtocolError, Unrebuilt
 
 from . import property_tasks as tasks
 from .conftest import ListHandler

@@ -13,7 +13,8 @@ from typing import Callable
 
 import pytest
 
-from logexec import LoggingProcessPoolExecutor, _ring
+from logexec import LoggingProcessPoolExecutor
+from logexec._channel import _ring
 
 from . import helpers
 from .conftest import ListHandler

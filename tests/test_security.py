@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from logexec import _transport
+from logexec._channel import _transport
 
 from . import helpers
 from .conftest import ListHandler, socket_protocol_only

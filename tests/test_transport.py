@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from logexec import _transport
+from logexec._channel import _transport
 
 from .helpers import Unpicklable, UnpicklableError
 
@@ -484,7 +484,7 @@ def test_a_filter_that_deletes_a_field_does_not_look_like_a_lost_parent(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Through the worker's handler, a filter's `del record.lineno` still sends the record, silently."""
-    from logexec import _worker
+    from logexec._channel import _worker
 
     channel = _Collector()
     handler = _worker.WorkerHandler(channel)  # type: ignore[arg-type]  # a channel in all but type

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from logexec import _ring, _transports
+from logexec._channel import _ring, _transports
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from logexec import _transport, _worker
+from logexec._channel import _transport, _worker
 
 
 def _channel_with_peer() -> tuple[_worker.Channel, socket.socket]:

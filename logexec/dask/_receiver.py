@@ -25,8 +25,10 @@ from typing import Any
 
 from distributed import KilledWorker
 
-from . import _dask_scheduler, _dask_worker, _transport
-from ._dispatch import Dispatcher
+from .._channel import _transport
+from .._dispatch import Dispatcher
+from . import _scheduler as _dask_scheduler
+from . import _worker as _dask_worker
 
 _LOGGER = logging.getLogger("logexec")
 

@@ -1,6 +1,6 @@
 """``python -m logexec demo --compare``: the same workload through the naive alternatives.
 
-Each alternative runs in a child process of its own (``python -m logexec._compare``) in a
+Each alternative runs in a child process of its own (``python -m logexec._selfcheck._compare``) in a
 new session, so that one that hangs can be killed with all its workers without touching
 the demo: the child bounds its own waits and reports "hung"; the demo kills the whole
 session if even that report does not come.
@@ -42,8 +42,8 @@ from collections.abc import Sequence
 from concurrent.futures import ALL_COMPLETED, wait
 from typing import Any, Callable, TextIO
 
+from .._executor import LoggingProcessPoolExecutor
 from ._demo import DEMO_LOGGER, JsonLineFormatter, run_timeout, split_records, verify_files
-from ._executor import LoggingProcessPoolExecutor
 
 # Records per alternative unless given: enough for contention and several rotations, small
 # enough that the ~6 KB lines stay around 100 MB of disk per alternative.
@@ -399,7 +399,7 @@ def run_child(
                 [
                     sys.executable,
                     "-m",
-                    "logexec._compare",
+                    "logexec._selfcheck._compare",
                     name,
                     str(records),
                     str(workers),

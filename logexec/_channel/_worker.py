@@ -21,7 +21,8 @@ import sys
 import threading
 from typing import Any, Callable
 
-from . import _compat, _context, _portable, _ring, _transport, _transports
+from .. import _compat, _context
+from . import _portable, _ring, _transport, _transports
 
 # The parent's levels: explicitly set logger levels by name ("" for root), and the level
 # given to logging.disable.

@@ -38,8 +38,11 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from . import _joblib_channel, _joblib_compat, _joblib_worker, _worker
-from ._dispatch import Dispatcher, check_handlers
+from .._channel import _worker
+from .._dispatch import Dispatcher, check_handlers
+from . import _channel as _joblib_channel
+from . import _compat as _joblib_compat
+from . import _worker as _joblib_worker
 
 __all__ = ["LogexecBackend", "register_logexec"]
 

@@ -33,10 +33,10 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from . import _worker
-from ._dispatch import Dispatcher, ForgetWhenDone
-from ._listener import Listener
-from ._worker import Levels
+from .._channel import _worker
+from .._channel._listener import Listener
+from .._channel._worker import Levels
+from .._dispatch import Dispatcher, ForgetWhenDone
 
 # Key size for the listener's HMAC handshake, as in the executor.
 KEY_SIZE = 32

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import _worker
+from .._channel import _worker
 
 # The levels this worker last applied.
 _applied: _worker.Levels | None = None

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from typing import Any, TextIO
 
-from ._executor import LoggingProcessPoolExecutor
+from .._executor import LoggingProcessPoolExecutor
 
 # The logger the workload logs to. A child of "logexec" so that the demo never touches the
 # caller's root logger; propagate is switched off while the demo runs.

@@ -75,8 +75,8 @@ import time
 import weakref
 from collections.abc import Callable
 
+from .._dispatch import Dispatcher, handle_safely
 from . import _portable, _ring, _transport, _transports
-from ._dispatch import Dispatcher, handle_safely
 
 # Bytes asked of the kernel per read. Large reads carry many records per system call;
 # beyond this the gain is gone and the buffer only costs memory.

@@ -75,9 +75,10 @@ except ImportError as error:
         "install it with: pip install 'logexec[dask]'"
     ) from error
 
-from . import _compat, _context, _dask_worker
-from ._dask_receiver import Receiver, Task
-from ._dispatch import Dispatcher, check_handlers
+from .. import _compat, _context
+from .._dispatch import Dispatcher, check_handlers
+from . import _worker as _dask_worker
+from ._receiver import Receiver, Task
 
 __all__ = ["LoggingDaskExecutor"]
 

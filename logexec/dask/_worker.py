@@ -45,7 +45,8 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
-from . import _compat, _context, _transport
+from .. import _compat, _context
+from .._channel import _transport
 
 # The levels the driver had at submit: its explicit logger levels, and logging.disable's.
 Levels = tuple[dict[str, int], int]

@@ -1,0 +1,1 @@
+"""The self-check behind ``python -m logexec demo`` and its ``--compare``."""
