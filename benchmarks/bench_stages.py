@@ -33,8 +33,8 @@ from typing import Any
 
 import _common
 
-from logexec import _dispatch
-from logexec._channel import _transport, _worker
+from logexec import _dispatch, _records
+from logexec._channel import _framing, _worker
 
 
 def per_item(function: Callable[[], int], repeats: int) -> float:
@@ -89,23 +89,23 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
     rows.append(
         ("worker", "log call to a no-op handler (record creation + logger)", per_item(log_null, repeats))
     )
-    values = [_transport.record_values(record, 7) for record in records]
+    values = [_records.record_values(record, 7) for record in records]
     rows.append(
         (
             "worker",
             "record_values (merge message, collect fields)",
-            per_item(over(lambda r: _transport.record_values(r, 7), records), repeats),
+            per_item(over(lambda r: _records.record_values(r, 7), records), repeats),
         )
     )
-    payloads = [_transport.encode_values(v) for v in values]
+    payloads = [_records.encode_values(v) for v in values]
     rows.append(
         (
             "worker",
             "pickle.dumps of the values",
-            per_item(over(lambda v: pickle.dumps(v, _transport.PICKLE_PROTOCOL), values), repeats),
+            per_item(over(lambda v: pickle.dumps(v, _records.PICKLE_PROTOCOL), values), repeats),
         )
     )
-    header = _transport.HEADER
+    header = _framing.HEADER
     rows.append(
         (
             "worker",
@@ -113,7 +113,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
             per_item(over(lambda p: header.pack(len(p), 0) + p, payloads), repeats),
         )
     )
-    frames = [_transport.encode_record(record, 7) for record in records]
+    frames = [_framing.encode_record(record, 7) for record in records]
     writer, reader = socket.socketpair()
     # The reader is another process, as the parent is for a real worker: a reader thread
     # here would compete for the GIL and inflate every send.
@@ -215,7 +215,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
 
     view = memoryview(blob)
     unpack = header.unpack_from
-    header_size = _transport.HEADER_SIZE
+    header_size = _framing.HEADER_SIZE
 
     def parse() -> int:
         position, end, done = 0, len(blob), 0
@@ -237,15 +237,15 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
             per_item(over(pickle.loads, slices), repeats),
         )
     )
-    decoded = [_transport.decode_values(s) for s in slices]
+    decoded = [_records.decode_values(s) for s in slices]
     rows.append(
         (
             "parent",
             "rebuild the LogRecord (build_record)",
-            per_item(over(_transport.build_record, decoded), repeats),
+            per_item(over(_records.build_record, decoded), repeats),
         )
     )
-    rebuilt = [_transport.build_record(v)[1] for v in decoded]
+    rebuilt = [_records.build_record(v)[1] for v in decoded]
 
     root = _common.reset_root_logger()
     root.addHandler(null)
@@ -301,7 +301,7 @@ def main() -> None:
         args.records, args.repeats = 2_000, 3
     print(_common.environment_line())
     rows = measure(args.records, args.repeats)
-    frame_size = len(_transport.encode_record(make_records(1)[0], 7))
+    frame_size = len(_framing.encode_record(make_records(1)[0], 7))
     text = "\n".join(
         [
             "## Per-record stages, in one process (bench_stages.py)",

@@ -223,6 +223,6 @@ def log_specs(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _render(record: logging.LogRecord) -> str:
-    from logexec._channel import _transport
+    from logexec import _records
 
-    return _transport.render_message(record)
+    return _records.render_message(record)

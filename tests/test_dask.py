@@ -100,10 +100,10 @@ class ListSender:
         self.timers.append(callback)
 
     def records(self) -> list[logging.LogRecord]:
-        from logexec._channel import _transport
+        from logexec import _records
 
         return [
-            _transport.build_record(_transport.decode_values(payload))[1]
+            _records.build_record(_records.decode_values(payload))[1]
             for event in self.events
             if event[4]
             for payload in pickle.loads(event[4])
@@ -330,11 +330,11 @@ class FakeDaskFuture:
 
 def event(task_id: int, run_id: str, first: int, total: int, messages: list[str]) -> tuple[float, list[Any]]:
     """An event as the client's handler receives it: (time, [task, run, first, total, records])."""
-    from logexec._channel import _transport
+    from logexec import _records
 
     payloads = [
-        _transport.encode_values(
-            _transport.record_values(
+        _records.encode_values(
+            _records.record_values(
                 logging.LogRecord("tests.dask", logging.WARNING, __file__, 1, message, None, None), task_id
             )
         )

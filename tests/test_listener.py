@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import pytest
 
-from logexec import LoggingProcessPoolExecutor, _dispatch
-from logexec._channel import _listener, _portable, _ring, _transport, _transports
+from logexec import LoggingProcessPoolExecutor, _dispatch, _records
+from logexec._channel import _framing, _listener, _portable, _ring, _transports
 
 from . import lifecycle_tasks as tasks
 from .conftest import TRANSPORT, ListHandler, socket_protocol_only
@@ -83,7 +83,7 @@ def _injection(name: str, owner: Any, attribute: str, nth: int, *, bound: bool =
     INJECTIONS[name] = make
 
 
-_injection("unpickle-and-rebuild", _transport, "decode_record", 5, bound=False)
+_injection("unpickle-and-rebuild", _records, "decode_record", 5, bound=False)
 _injection("dispatch", _dispatch.Dispatcher, "dispatch", 5)
 _injection("own-report", _listener, "handle_safely", 1, bound=False)
 _injection("accept", socket.socket, "accept", 1)
@@ -92,7 +92,7 @@ _injection("recv-into", socket.socket, "recv_into", 3)
 _injection("recv-hello", socket.socket, "recvmsg_into", 1)
 _injection("send-answer", socket.socket, "sendall", 3)
 _injection("send-greeting", socket.socket, "sendall", 1)  # the first is always a greeting
-_injection("handshake-digest", _transport, "answer_challenge", 1, bound=False)
+_injection("handshake-digest", _framing, "answer_challenge", 1, bound=False)
 _injection("ring-read", _ring.RingReader, "read_into", 5)
 _injection("ring-map", _ring, "RingReader", 1, bound=False)
 _injection("worker-exit-callback", _listener.Listener, "_notify_worker_exit", 1)
@@ -235,7 +235,7 @@ def _intrude(executor: LoggingProcessPoolExecutor) -> None:
     intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     intruder.settimeout(RESULT_TIMEOUT)
     intruder.connect(address)
-    intruder.sendall(b"\0" * _transport.HELLO_SIZE)
+    intruder.sendall(b"\0" * _framing.HELLO_SIZE)
     while intruder.recv(4096):
         pass
     intruder.close()
@@ -252,11 +252,11 @@ def _authenticated_peer(executor: LoggingProcessPoolExecutor) -> socket.socket |
         peer.settimeout(RESULT_TIMEOUT)
         peer.connect(address)
     greeting = b""
-    while len(greeting) < 1 + _transport.CHALLENGE_SIZE:
+    while len(greeting) < 1 + _framing.CHALLENGE_SIZE:
         greeting += peer.recv(64)
-    proof = _transport.answer_challenge(executor._logexec_config.key, greeting[1:])
-    peer.sendall(proof + _transport.HELLO_TAIL.pack(os.getpid(), _transport.VIA_CONNECTION))
-    assert peer.recv(1) == _transport.USE_CONNECTION
+    proof = _framing.answer_challenge(executor._logexec_config.key, greeting[1:])
+    peer.sendall(proof + _framing.HELLO_TAIL.pack(os.getpid(), _framing.VIA_CONNECTION))
+    assert peer.recv(1) == _framing.USE_CONNECTION
     return peer
 
 
@@ -273,15 +273,15 @@ def test_a_frame_that_is_not_a_record_is_replaced_and_the_stream_goes_on(
         good = pickle.dumps(("unused",))  # a pickle, but not a record's shape
         record = logging.makeLogRecord({"name": "tests.peer", "msg": "after the junk", "levelno": 40})
         frames = (
-            _transport.HEADER.pack(len(junk), _transport.KIND_RECORD)
+            _framing.HEADER.pack(len(junk), _framing.KIND_RECORD)
             + junk
-            + _transport.HEADER.pack(len(good), _transport.KIND_RECORD)
+            + _framing.HEADER.pack(len(good), _framing.KIND_RECORD)
             + good
-            + _transport.encode_record(record, None)
-            + _transport.encode_barrier(1)
+            + _framing.encode_record(record, None)
+            + _framing.encode_barrier(1)
         )
         peer.sendall(frames)
-        assert peer.recv(1) == _transport.BARRIER_ACK
+        assert peer.recv(1) == _framing.BARRIER_ACK
         peer.close()
         assert executor.submit(tasks.log_numbered, 1, 3).result(timeout=RESULT_TIMEOUT) == 3
     messages = handler.messages()
@@ -301,11 +301,11 @@ def test_a_frame_of_unknown_kind_closes_only_that_connection_and_says_why(
     with make_executor(1) as executor:
         executor.submit(tasks.log_numbered, 0, 1).result(timeout=RESULT_TIMEOUT)
         peer = _authenticated_peer(executor)
-        peer.sendall(_transport.HEADER.pack(0, 99))
+        peer.sendall(_framing.HEADER.pack(0, 99))
         farewell = b""
         while chunk := peer.recv(4096):
             farewell += chunk
-        assert farewell.startswith(_transport.GOODBYE) and b"unknown kind 99" in farewell
+        assert farewell.startswith(_framing.GOODBYE) and b"unknown kind 99" in farewell
         assert executor.submit(tasks.log_numbered, 1, 3).result(timeout=RESULT_TIMEOUT) == 3
     closed = [message for message in handler.messages() if "closed the connection" in message]
     assert len(closed) == 1 and str(os.getpid()) in closed[0]

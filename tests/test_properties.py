@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from logexec import LoggingProcessPoolExecutor
-from logexec._channel import _transport
-from logexec._channel._transport import ProtocolError, Unrebuilt
+from logexec import LoggingProcessPoolExecutor, _records
+from logexec._channel import _framing
+from logexec._records import ProtocolError, Unrebuilt, _fields
 
 from . import property_tasks as tasks
 from .conftest import ListHandler
@@ -147,7 +147,7 @@ def _check_extras(spec: dict[str, Any], rebuilt: logging.LogRecord) -> None:
         if tasks.has_kind(item, frozenset({"unpicklable"})):
             # Will not pickle in the worker: its repr travels. Built again here for the
             # expected text; ghosts are forgotten again before anything is decoded.
-            expected = _transport._safe_repr(tasks.build(item))
+            expected = _fields._safe_repr(tasks.build(item))
             tasks.forget_ghosts()
             assert value == expected, key
         else:
@@ -164,11 +164,11 @@ def _check_fields(local: logging.LogRecord, rebuilt: logging.LogRecord, message:
 
 
 def _round_trip(record: logging.LogRecord) -> tuple[int | None, logging.LogRecord]:
-    frame = _transport.encode_record(record, 3)
-    size, kind = _transport.HEADER.unpack_from(frame, 0)
-    assert kind == _transport.KIND_RECORD and size == len(frame) - _transport.HEADER_SIZE  # one frame
+    frame = _framing.encode_record(record, 3)
+    size, kind = _framing.HEADER.unpack_from(frame, 0)
+    assert kind == _framing.KIND_RECORD and size == len(frame) - _framing.HEADER_SIZE  # one frame
     tasks.forget_ghosts()  # what only the worker had, the parent cannot import
-    return _transport.decode_record(memoryview(frame)[_transport.HEADER_SIZE :])
+    return _records.decode_record(memoryview(frame)[_framing.HEADER_SIZE :])
 
 
 @settings(max_examples=100, deadline=None)
@@ -184,8 +184,8 @@ def _round_trip(record: logging.LogRecord) -> tuple[int | None, logging.LogRecor
 def test_any_record_round_trips_whole(spec: dict[str, Any]) -> None:
     """A generated record comes back once, with its message, its fields, and each extra (or its stand-in)."""
     record = tasks.make_record(spec)
-    message = _transport.render_message(record)
-    exc_text = _transport.render_exception(record)
+    message = _records.render_message(record)
+    exc_text = _records.render_exception(record)
     task_id, rebuilt = _round_trip(record)
     assert task_id == 3
     _check_fields(record, rebuilt, message)
@@ -201,12 +201,12 @@ def test_any_record_round_trips_whole(spec: dict[str, Any]) -> None:
 @given(st.binary(max_size=200))
 @example(b"")
 @example(pickle.dumps(None))
-@example(pickle.dumps(tuple(range(_transport.VALUES_SIZE))))
-@example(pickle.dumps((None,) * _transport.VALUES_SIZE))
+@example(pickle.dumps(tuple(range(_records.VALUES_SIZE))))
+@example(pickle.dumps((None,) * _records.VALUES_SIZE))
 def test_decode_record_raises_only_protocol_error_for_any_bytes(payload: bytes) -> None:
     """decode_record returns a LogRecord or raises ProtocolError, whatever the bytes."""
     try:
-        _, record = _transport.decode_record(payload)
+        _, record = _records.decode_record(payload)
     except ProtocolError:
         return
     assert type(record) is logging.LogRecord
@@ -214,7 +214,7 @@ def test_decode_record_raises_only_protocol_error_for_any_bytes(payload: bytes) 
 
 
 _VALID_PAYLOADS = [
-    _transport.encode_record(tasks.make_record(spec), 5)[_transport.HEADER_SIZE :]
+    _framing.encode_record(tasks.make_record(spec), 5)[_framing.HEADER_SIZE :]
     for spec in (
         _spec(),
         _spec(extra={"when": ("plain", 1.5), "what": ("dict", {"k": ("two_arg", "a", "b")})}),
@@ -263,7 +263,7 @@ def test_decode_record_raises_only_protocol_error_for_damaged_records(payload: b
     """A damaged record payload decodes to a LogRecord or raises ProtocolError, nothing else."""
     assume(not _grows_the_memo_beyond_the_payload(payload))
     try:
-        _, record = _transport.decode_record(payload)
+        _, record = _records.decode_record(payload)
     except ProtocolError:
         return
     assert type(record) is logging.LogRecord

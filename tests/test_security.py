@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from logexec._channel import _transport
+from logexec._channel import _framing
 
 from . import helpers
 from .conftest import ListHandler, socket_protocol_only
@@ -41,8 +41,8 @@ def test_foreign_connection_without_the_key_is_refused(
         intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         intruder.settimeout(10)
         intruder.connect(address)
-        greeting = _receive(intruder, 1 + _transport.CHALLENGE_SIZE)
-        assert greeting[:1] == _transport.GREETING
+        greeting = _receive(intruder, 1 + _framing.CHALLENGE_SIZE)
+        assert greeting[:1] == _framing.GREETING
         # A wrong proof, then a frame the listener must never unpickle.
         intruder.sendall(b"\0" * 40 + b"\0" * 9 + b"cos\nsystem\n(S'echo pwned'\ntR.")
         assert intruder.recv(16) == b""  # the listener hung up
@@ -99,15 +99,15 @@ def test_descriptor_sent_with_a_refused_hello_is_closed(
         intruder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         intruder.settimeout(10)
         intruder.connect(executor._logexec_listener.address)
-        challenge = _receive(intruder, 1 + _transport.CHALLENGE_SIZE)[1:]
+        challenge = _receive(intruder, 1 + _framing.CHALLENGE_SIZE)[1:]
         key = executor._logexec_config.key if authenticated else b"\0" * 32
-        proof = _transport.answer_challenge(key, challenge)
-        hello = proof + _transport.HELLO_TAIL.pack(os.getpid(), _transport.VIA_RING)
+        proof = _framing.answer_challenge(key, challenge)
+        hello = proof + _framing.HELLO_TAIL.pack(os.getpid(), _framing.VIA_RING)
         socket.send_fds(intruder, [hello], [fake_ring])
         os.close(fake_ring)
         # The listener hangs up; an authenticated peer is told why first.
         farewell = _read_to_eof(intruder)
-        assert farewell == b"" if not authenticated else farewell.startswith(_transport.GOODBYE)
+        assert farewell == b"" if not authenticated else farewell.startswith(_framing.GOODBYE)
         intruder.close()
         assert _ring_fds_held(name) == []
         assert executor.submit(helpers.log_n, 2).result(timeout=30) == 2

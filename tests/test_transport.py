@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from logexec._channel import _transport
+from logexec import _records
+from logexec._channel import _framing
+from logexec._records import _rebuild
 
 from .helpers import Unpicklable, UnpicklableError
 
@@ -29,11 +31,11 @@ def _record(msg: object = "hello %s", args: object = ("world",), **extra: object
 
 
 def _round_trip(record: logging.LogRecord, task_id: int | None = 7) -> tuple[int | None, logging.LogRecord]:
-    frame = _transport.encode_record(record, task_id)
-    size, kind = _transport.HEADER.unpack_from(frame, 0)
-    assert kind == _transport.KIND_RECORD
-    assert size == len(frame) - _transport.HEADER_SIZE
-    return _transport.decode_record(memoryview(frame)[_transport.HEADER_SIZE :])
+    frame = _framing.encode_record(record, task_id)
+    size, kind = _framing.HEADER.unpack_from(frame, 0)
+    assert kind == _framing.KIND_RECORD
+    assert size == len(frame) - _framing.HEADER_SIZE
+    return _records.decode_record(memoryview(frame)[_framing.HEADER_SIZE :])
 
 
 def test_round_trip_keeps_every_standard_field() -> None:
@@ -114,7 +116,7 @@ def test_relative_created_is_measured_from_the_parents_start() -> None:
         abs(
             rebuilt.relativeCreated
             - record.__dict__["created"] * 0
-            - (rebuilt.created - _transport._PARENT_START) * 1000
+            - (rebuilt.created - _rebuild._PARENT_START) * 1000
         )
         < 1e-6
     )
@@ -123,25 +125,25 @@ def test_relative_created_is_measured_from_the_parents_start() -> None:
 
 def test_barrier_round_trip() -> None:
     """A barrier frame carries its task id."""
-    frame = _transport.encode_barrier(123456789)
-    size, kind = _transport.HEADER.unpack_from(frame, 0)
-    assert kind == _transport.KIND_BARRIER
-    assert _transport.decode_barrier(frame[_transport.HEADER_SIZE :]) == 123456789
-    assert size == len(frame) - _transport.HEADER_SIZE
+    frame = _framing.encode_barrier(123456789)
+    size, kind = _framing.HEADER.unpack_from(frame, 0)
+    assert kind == _framing.KIND_BARRIER
+    assert _framing.decode_barrier(frame[_framing.HEADER_SIZE :]) == 123456789
+    assert size == len(frame) - _framing.HEADER_SIZE
 
 
 def test_handshake_digest_depends_on_key_and_challenge() -> None:
     """The proof is an HMAC of the challenge under the key."""
-    a = _transport.answer_challenge(b"k" * 32, b"c" * 32)
-    assert len(a) == _transport.DIGEST_SIZE
-    assert a != _transport.answer_challenge(b"j" * 32, b"c" * 32)
-    assert a != _transport.answer_challenge(b"k" * 32, b"d" * 32)
+    a = _framing.answer_challenge(b"k" * 32, b"c" * 32)
+    assert len(a) == _framing.DIGEST_SIZE
+    assert a != _framing.answer_challenge(b"j" * 32, b"c" * 32)
+    assert a != _framing.answer_challenge(b"k" * 32, b"d" * 32)
 
 
 def test_payload_is_a_plain_pickled_tuple() -> None:
     """Payloads unpickle to tuples of plain values (no LogRecord class needed to read them)."""
-    frame = _transport.encode_record(_record(), None)
-    values = pickle.loads(frame[_transport.HEADER_SIZE :])
+    frame = _framing.encode_record(_record(), None)
+    values = pickle.loads(frame[_framing.HEADER_SIZE :])
     assert isinstance(values, tuple)
     assert not any(isinstance(value, logging.LogRecord) for value in values)
 
@@ -192,7 +194,7 @@ def test_a_deleted_message_becomes_the_documented_placeholder() -> None:
     record = _record()
     del record.msg
     _, rebuilt = _round_trip(record)
-    assert rebuilt.getMessage().startswith(_transport.MESSAGE_FAILURE_PREFIX + "AttributeError")
+    assert rebuilt.getMessage().startswith(_records.MESSAGE_FAILURE_PREFIX + "AttributeError")
     assert "msg=<missing: AttributeError" in rebuilt.getMessage()
 
 
@@ -263,7 +265,7 @@ def test_a_msg_whose_str_raises_becomes_the_placeholder() -> None:
     """A msg whose __str__ (and __repr__) raise: the record arrives with an explanation."""
     _, rebuilt = _round_trip(_record(_BadStr(), None))
     message = rebuilt.getMessage()
-    assert message.startswith(_transport.MESSAGE_FAILURE_PREFIX + "ValueError")
+    assert message.startswith(_records.MESSAGE_FAILURE_PREFIX + "ValueError")
     assert "msg=<unrepresentable _BadStr: ValueError>" in message
 
 
@@ -348,7 +350,7 @@ def test_an_extra_that_will_not_rebuild_becomes_a_placeholder_beside_good_ones()
     """Only the extra that fails to unpickle is replaced; the others and every field arrive whole."""
     _, rebuilt = _round_trip(_record(bad=_TwoArgError("a", "b"), good={"x": [1, 2]}, when=1.5))
     placeholder = rebuilt.bad  # type: ignore[attr-defined]
-    assert isinstance(placeholder, _transport.Unrebuilt)
+    assert isinstance(placeholder, _records.Unrebuilt)
     assert rebuilt.good == {"x": [1, 2]} and rebuilt.when == 1.5  # type: ignore[attr-defined]
     assert rebuilt.getMessage() == "hello world"
     text = repr(placeholder)
@@ -375,9 +377,9 @@ def test_a_class_the_parent_cannot_import_becomes_a_placeholder(monkeypatch: pyt
     Thing.__module__, Thing.__qualname__ = module.__name__, "Thing"
     module.Thing = Thing  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    frame = _transport.encode_record(_record(thing=Thing(), kind=Thing), 1)
+    frame = _framing.encode_record(_record(thing=Thing(), kind=Thing), 1)
     monkeypatch.delitem(sys.modules, module.__name__)
-    _, rebuilt = _transport.decode_record(frame[_transport.HEADER_SIZE :])
+    _, rebuilt = _records.decode_record(frame[_framing.HEADER_SIZE :])
     assert repr(rebuilt.thing) == (  # type: ignore[attr-defined]
         "<logexec: could not rebuild logexec_only_in_the_worker.Thing in the parent: "
         "ModuleNotFoundError: No module named 'logexec_only_in_the_worker'; args=() state={'x': 1}>"
@@ -394,9 +396,9 @@ def test_the_last_resort_rebuilds_no_class_and_keeps_the_fields(monkeypatch: pyt
     def refuse(self: object) -> None:
         raise RuntimeError("careful unpickling failed")
 
-    frame = _transport.encode_record(_record(bad=_TwoArgError("a", "b"), good=[1]), 1)
-    monkeypatch.setattr(_transport._CarefulUnpickler, "load", refuse)
-    _, rebuilt = _transport.decode_record(frame[_transport.HEADER_SIZE :])
+    frame = _framing.encode_record(_record(bad=_TwoArgError("a", "b"), good=[1]), 1)
+    monkeypatch.setattr(_rebuild._CarefulUnpickler, "load", refuse)
+    _, rebuilt = _records.decode_record(frame[_framing.HEADER_SIZE :])
     assert rebuilt.getMessage() == "hello world" and rebuilt.good == [1]  # type: ignore[attr-defined]
     assert repr(rebuilt.bad).startswith(  # type: ignore[attr-defined]
         "<logexec: could not rebuild tests.test_transport._TwoArgError in the parent: not rebuilt, "
@@ -416,14 +418,14 @@ def test_the_careful_unpickler_finds_the_private_opcodes_it_guards() -> None:
         pickle.APPENDS,
     ):
         assert opcode[0] in base
-        assert _transport._CarefulUnpickler.dispatch[opcode[0]] is not base[opcode[0]]
+        assert _rebuild._CarefulUnpickler.dispatch[opcode[0]] is not base[opcode[0]]
 
 
 def _values(**changes: object) -> tuple[object, ...]:
-    values = list(_transport.record_values(_record(), 7))
+    values = list(_records.record_values(_record(), 7))
     for field, value in changes.items():
         index = {"task_id": -2, "extras": -1}.get(field)
-        values[_transport.RECORD_FIELDS.index(field) if index is None else index] = value
+        values[_records.RECORD_FIELDS.index(field) if index is None else index] = value
     return tuple(values)
 
 
@@ -443,21 +445,21 @@ def _values(**changes: object) -> tuple[object, ...]:
 )
 def test_what_is_not_a_record_is_a_protocol_error(payload: bytes, problem: str) -> None:
     """Bytes that record_values could not have written raise ProtocolError, saying what is wrong."""
-    with pytest.raises(_transport.ProtocolError, match=problem.replace("(", r"\(")):
-        _transport.decode_record(payload)
+    with pytest.raises(_records.ProtocolError, match=problem.replace("(", r"\(")):
+        _records.decode_record(payload)
 
 
 def test_odd_field_types_from_the_wire_are_repaired_in_the_parent() -> None:
     """A payload whose name/levelno/created have odd types is repaired, not refused."""
-    _, rebuilt = _transport.decode_record(pickle.dumps(_values(name=5, levelno="x", created=3)))
+    _, rebuilt = _records.decode_record(pickle.dumps(_values(name=5, levelno="x", created=3)))
     assert rebuilt.name == "5" and rebuilt.levelno == logging.WARNING and rebuilt.created == 3.0
 
 
 @pytest.mark.parametrize("payload", [None, 5, "text", [b"bytes"]])
 def test_a_payload_that_is_not_bytes_is_a_protocol_error(payload: object) -> None:
     """decode_record given something other than bytes raises ProtocolError naming its type."""
-    with pytest.raises(_transport.ProtocolError, match=f"must be bytes, got {type(payload).__qualname__}"):
-        _transport.decode_record(payload)
+    with pytest.raises(_records.ProtocolError, match=f"must be bytes, got {type(payload).__qualname__}"):
+        _records.decode_record(payload)
 
 
 class _Collector:
@@ -495,5 +497,5 @@ def test_a_filter_that_deletes_a_field_does_not_look_like_a_lost_parent(
     logger.warning("still %s", "here")
     assert capsys.readouterr().err == ""
     (frame,) = channel.frames
-    task_id, rebuilt = _transport.decode_record(frame[_transport.HEADER_SIZE :])
+    task_id, rebuilt = _records.decode_record(frame[_framing.HEADER_SIZE :])
     assert task_id == 9 and rebuilt.getMessage() == "still here" and rebuilt.lineno == 0

@@ -8,7 +8,8 @@ import socket
 
 import pytest
 
-from logexec._channel import _transport, _worker
+from logexec import _records
+from logexec._channel import _framing, _worker
 
 
 def _channel_with_peer() -> tuple[_worker.Channel, socket.socket]:
@@ -26,9 +27,9 @@ def test_handler_is_a_queue_handler_that_writes_frames() -> None:
     channel.begin_task(41)
     handler.handle(logging.makeLogRecord({"name": "w", "msg": "hi %s", "args": ("there",), "levelno": 20}))
     data = peer.recv(65536)
-    size, kind = _transport.HEADER.unpack_from(data, 0)
-    assert kind == _transport.KIND_RECORD and len(data) == _transport.HEADER_SIZE + size
-    task_id, record = _transport.decode_record(data[_transport.HEADER_SIZE :])
+    size, kind = _framing.HEADER.unpack_from(data, 0)
+    assert kind == _framing.KIND_RECORD and len(data) == _framing.HEADER_SIZE + size
+    task_id, record = _records.decode_record(data[_framing.HEADER_SIZE :])
     assert task_id == 41 and record.getMessage() == "hi there"
     assert channel.records_in_task == 1
 
@@ -67,13 +68,13 @@ def test_barrier_waits_for_the_answer() -> None:
     handler = _worker.WorkerHandler(channel)
     channel.begin_task(7)
     handler.handle(logging.makeLogRecord({"msg": "x"}))
-    peer.sendall(_transport.BARRIER_ACK)  # answered ahead: end_task must still send its barrier
+    peer.sendall(_framing.BARRIER_ACK)  # answered ahead: end_task must still send its barrier
     channel.end_task()
     data = peer.recv(65536)
-    size, _ = _transport.HEADER.unpack_from(data, 0)
-    barrier = data[_transport.HEADER_SIZE + size :]
-    assert _transport.HEADER.unpack_from(barrier, 0)[1] == _transport.KIND_BARRIER
-    assert _transport.decode_barrier(barrier[_transport.HEADER_SIZE :]) == 7
+    size, _ = _framing.HEADER.unpack_from(data, 0)
+    barrier = data[_framing.HEADER_SIZE + size :]
+    assert _framing.HEADER.unpack_from(barrier, 0)[1] == _framing.KIND_BARRIER
+    assert _framing.decode_barrier(barrier[_framing.HEADER_SIZE :]) == 7
 
 
 def test_a_log_call_nested_in_a_write_is_sent_after_it_in_order() -> None:
@@ -100,13 +101,13 @@ def test_a_log_call_nested_in_a_write_is_sent_after_it_in_order() -> None:
     messages: list[str] = []
     while len(messages) < 3:
         data += peer.recv(65536)
-        while len(data) >= _transport.HEADER_SIZE:
-            size, _ = _transport.HEADER.unpack_from(data, 0)
-            if len(data) < _transport.HEADER_SIZE + size:
+        while len(data) >= _framing.HEADER_SIZE:
+            size, _ = _framing.HEADER.unpack_from(data, 0)
+            if len(data) < _framing.HEADER_SIZE + size:
                 break
-            _, record = _transport.decode_record(data[_transport.HEADER_SIZE : _transport.HEADER_SIZE + size])
+            _, record = _records.decode_record(data[_framing.HEADER_SIZE : _framing.HEADER_SIZE + size])
             messages.append(record.getMessage())
-            data = data[_transport.HEADER_SIZE + size :]
+            data = data[_framing.HEADER_SIZE + size :]
     assert messages == ["interrupted", "from the signal handler", "next"]
     assert channel.records_in_task == 3
 

@@ -3,7 +3,7 @@
 The listener owns an ``AF_UNIX`` socket in a private (0700) temporary directory (or, where
 that path would be too long for ``AF_UNIX``, a random name in Linux's abstract namespace).
 Each worker connects once, proves it knows the executor's random key (challenge and HMAC
-answer), and from then on writes frames (see ``_transport``), either on the connection or
+answer), and from then on writes frames (see ``_framing``), either on the connection or
 into a shared-memory ring it handed over with its hello (see ``_ring``). The thread waits on
 all connections at once, reads the rings, and handles records in the order each worker
 wrote them.
@@ -38,7 +38,7 @@ and no bytes a worker sends, end the thread before ``stop()``; a failure costs a
 it touched.**
 
 * A record that cannot be rebuilt is still delivered, with the parts that failed replaced by
-  a placeholder (``_transport.decode_record``); bytes that are no record at all are a
+  a placeholder (``_records.decode_record``); bytes that are no record at all are a
   protocol error.
 * A connection that breaks the protocol (or whose handling fails unexpectedly) is closed and
   reported once, naming the worker's pid; the worker is told why (``GOODBYE``), and its
@@ -75,8 +75,9 @@ import time
 import weakref
 from collections.abc import Callable
 
+from .. import _records
 from .._dispatch import Dispatcher, handle_safely
-from . import _portable, _ring, _transport, _transports
+from . import _framing, _portable, _ring, _transports
 
 # Bytes asked of the kernel per read. Large reads carry many records per system call;
 # beyond this the gain is gone and the buffer only costs memory.
@@ -646,7 +647,7 @@ class Listener:
                 self._refuse_for_descriptors(selector, error)
                 return
             sock.setblocking(True)
-            challenge = os.urandom(_transport.CHALLENGE_SIZE)
+            challenge = os.urandom(_framing.CHALLENGE_SIZE)
             if not self._greet(sock, challenge):
                 # Closed, not dropped: an open socket (a report's traceback may hold it) would
                 # leave the worker waiting for its greeting for ever, and the pool's shutdown
@@ -665,7 +666,7 @@ class Listener:
         """
         for attempt in range(2):
             try:
-                sock.sendall(_transport.GREETING + challenge)
+                sock.sendall(_framing.GREETING + challenge)
             except OSError:
                 return False  # the peer is gone
             except BaseException as error:  # see "Failure handling" above
@@ -699,7 +700,7 @@ class Listener:
             else:
                 with contextlib.suppress(OSError):
                     reason = f"the parent process has run out of file descriptors ({error.strerror})"
-                    sock.send(_transport.REFUSED + reason.encode())
+                    sock.send(_framing.REFUSED + reason.encode())
                 sock.close()
             self._reserve_fd = _open_reserve()
             return
@@ -777,9 +778,9 @@ class Listener:
         """Handle the whole frames in ``view[position:end]``; keep a cut-off one for later."""
         view = connection.view
         dispatch = self._dispatcher.dispatch
-        decode = _transport.decode_record
-        unpack = _transport.HEADER.unpack_from
-        header_size = _transport.HEADER_SIZE
+        decode = _records.decode_record
+        unpack = _framing.HEADER.unpack_from
+        header_size = _framing.HEADER_SIZE
         needed = records = barriers = 0
         while end - position >= header_size:
             size, kind = unpack(view, position)
@@ -788,7 +789,7 @@ class Listener:
             if stop > end:
                 needed = stop - position
                 break
-            if kind == _transport.KIND_RECORD:
+            if kind == _framing.KIND_RECORD:
                 try:
                     task_id, record = decode(view[start:stop])
                 except BaseException as error:  # bytes that are no record (ProtocolError)
@@ -800,7 +801,7 @@ class Listener:
                 except BaseException as error:  # dispatch reports its own; this is a last resort
                     self._report_error(f"logexec: a record could not be handled ({_identify(record)})", error)
                 records += 1
-            elif kind == _transport.KIND_BARRIER:
+            elif kind == _framing.KIND_BARRIER:
                 if not self._answer_barrier(selector, connection):
                     return
                 barriers += 1
@@ -827,28 +828,28 @@ class Listener:
         Nothing is committed (pid, ring) until the answer is sent, so that an unexpected
         failure on the way leaves a hello that can be checked again.
         """
-        if end < _transport.HELLO_SIZE:
+        if end < _framing.HELLO_SIZE:
             return 0
         view = connection.view
-        proof = bytes(view[: _transport.DIGEST_SIZE])
-        expected = _transport.answer_challenge(self._key, connection.challenge)
+        proof = bytes(view[: _framing.DIGEST_SIZE])
+        expected = _framing.answer_challenge(self._key, connection.challenge)
         if not hmac.compare_digest(proof, expected):
             self._refuse(selector, connection)
             return 0
-        pid, via = _transport.HELLO_TAIL.unpack_from(view, _transport.DIGEST_SIZE)
+        pid, via = _framing.HELLO_TAIL.unpack_from(view, _framing.DIGEST_SIZE)
         fds, connection.fds = connection.fds, []
         ring: _ring.RingReader | None = None
-        if via == _transport.VIA_RING:
+        if via == _framing.VIA_RING:
             problem, ring = self._map_ring(pid, fds)
         else:
             _close_fds(fds)
-            problem = "" if via == _transport.VIA_CONNECTION and not fds else f"unknown transport {via}"
+            problem = "" if via == _framing.VIA_CONNECTION and not fds else f"unknown transport {via}"
         if problem:
             connection.pid = pid or -1
             self._fail(selector, connection, f"its hello was refused: {problem}")
             return 0
         try:
-            connection.socket.sendall(_transport.USE_CONNECTION if ring is None else _transport.USE_RING)
+            connection.socket.sendall(_framing.USE_CONNECTION if ring is None else _framing.USE_RING)
         except BaseException as error:
             if ring is not None:
                 ring.close()
@@ -861,7 +862,7 @@ class Listener:
             connection.ring = ring
             ring.set_awake_until(self._promised)
             self._rings.append(connection)
-        return _transport.HELLO_SIZE
+        return _framing.HELLO_SIZE
 
     def _map_ring(self, pid: int, fds: list[int]) -> tuple[str, _ring.RingReader | None]:
         """Map the ring that came with a hello: (what is wrong with it, the ring or None).
@@ -910,7 +911,7 @@ class Listener:
         """Answer a barrier; False if the connection had to be given up instead."""
         for attempt in range(2):
             try:
-                connection.socket.sendall(_transport.BARRIER_ACK)
+                connection.socket.sendall(_framing.BARRIER_ACK)
             except OSError:
                 return True  # the worker died while waiting; nobody is left to answer
             except BaseException as error:
@@ -937,9 +938,9 @@ class Listener:
         if connection.filled and connection.pid:
             # The worker died in the middle of writing a frame. That record's log call had
             # not returned, so it was never promised; still, say so rather than drop it.
-            needed = _transport.HEADER_SIZE
+            needed = _framing.HEADER_SIZE
             if connection.filled >= needed:
-                needed += _transport.HEADER.unpack_from(connection.view, 0)[0]
+                needed += _framing.HEADER.unpack_from(connection.view, 0)[0]
             self._report(
                 logging.WARNING,
                 "logexec: worker %d exited in the middle of sending a record; the incomplete "
@@ -975,7 +976,7 @@ class Listener:
         if connection.pid:
             with contextlib.suppress(BaseException):
                 connection.socket.setblocking(False)
-                connection.socket.send(_transport.GOODBYE + problem.encode("utf-8", "replace")[:1024])
+                connection.socket.send(_framing.GOODBYE + problem.encode("utf-8", "replace")[:1024])
         self._forget(selector, connection)
 
     def _connection_failed(

@@ -22,7 +22,7 @@ import threading
 from typing import Any, Callable
 
 from .. import _compat, _context
-from . import _portable, _ring, _transport, _transports
+from . import _framing, _portable, _ring, _transports
 
 # The parent's levels: explicitly set logger levels by name ("" for root), and the level
 # given to logging.disable.
@@ -136,17 +136,17 @@ class Channel:
                 greeting = _receive_exactly(sock, 1)
             except EOFError:
                 raise _NoGreeting("the parent's log listener hung up before its greeting") from None
-            if greeting != _transport.GREETING:
+            if greeting != _framing.GREETING:
                 raise ChannelClosed(
                     f"logexec: the parent refused this worker's log connection: {_read_reason(sock)}"
                 )
-            challenge = _receive_exactly(sock, _transport.CHALLENGE_SIZE)
-            proof = _transport.answer_challenge(self._config.key, challenge)
+            challenge = _receive_exactly(sock, _framing.CHALLENGE_SIZE)
+            proof = _framing.answer_challenge(self._config.key, challenge)
             ring = self._open_ring() if transport == _transports.RING else None
             if ring is None:
-                sock.sendall(proof + _transport.HELLO_TAIL.pack(os.getpid(), _transport.VIA_CONNECTION))
+                sock.sendall(proof + _framing.HELLO_TAIL.pack(os.getpid(), _framing.VIA_CONNECTION))
             else:
-                hello = proof + _transport.HELLO_TAIL.pack(os.getpid(), _transport.VIA_RING)
+                hello = proof + _framing.HELLO_TAIL.pack(os.getpid(), _framing.VIA_RING)
                 assert ring.fd is not None
                 try:
                     # One sendmsg carries the hello and the descriptor (a hello of this
@@ -158,11 +158,11 @@ class Channel:
                 finally:
                     ring.close_fd()
             answer = _receive_exactly(sock, 1)
-            if answer == _transport.USE_CONNECTION and ring is not None:
+            if answer == _framing.USE_CONNECTION and ring is not None:
                 # The parent could not take the ring (short of descriptors or memory).
                 ring.detach()
                 ring = None
-            elif answer not in (_transport.USE_RING, _transport.USE_CONNECTION):
+            elif answer not in (_framing.USE_RING, _framing.USE_CONNECTION):
                 raise ChannelClosed(f"logexec: the parent refused this worker's hello: {_read_reason(sock)}")
         except BaseException:
             if ring is not None:
@@ -266,13 +266,13 @@ class Channel:
             return ""
         try:
             if isinstance(sock, _portable.StreamConnection):
-                data = sock.recv_now(_transport.REASON_LIMIT)
+                data = sock.recv_now(_framing.REASON_LIMIT)
             else:
-                data = sock.recv(_transport.REASON_LIMIT, socket.MSG_DONTWAIT)
+                data = sock.recv(_framing.REASON_LIMIT, socket.MSG_DONTWAIT)
         except (OSError, EOFError):
             return ""
         # A barrier's answer may come first; the goodbye is what follows its marker.
-        marker = data.find(_transport.GOODBYE)
+        marker = data.find(_framing.GOODBYE)
         if marker < 0:
             return ""
         return data[marker + 1 :].decode("utf-8", "replace")
@@ -298,7 +298,7 @@ class Channel:
             data = self._socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
-        if not data or data == _transport.GOODBYE:
+        if not data or data == _framing.GOODBYE:
             raise ChannelClosed("the parent's log listener closed the connection")
 
     def begin_task(self, task_id: int) -> None:
@@ -314,7 +314,7 @@ class Channel:
             if not self.records_in_task or task_id is None or self._broken or self._socket is None:
                 return
             self.records_in_task = 0
-            barrier = _transport.encode_barrier(task_id)
+            barrier = _framing.encode_barrier(task_id)
             self._writing = True  # a signal handler's record waits until the barrier is out
             try:
                 if self._ring is not None:
@@ -332,7 +332,7 @@ class Channel:
                 self._send(None, None)
         try:
             # Only the task's thread reads, so no lock: other threads may log meanwhile.
-            if _receive_exactly(self._socket, 1) == _transport.GOODBYE:
+            if _receive_exactly(self._socket, 1) == _framing.GOODBYE:
                 raise ChannelClosed(_read_reason(self._socket))
         except (OSError, EOFError) as error:
             # The parent is gone or its listener stopped; the result can still be sent.
@@ -379,11 +379,11 @@ class WorkerHandler(logging.handlers.QueueHandler):
         channel.fallback = self._to_stderr
 
     def prepare(self, record: logging.LogRecord) -> Any:
-        return _transport.encode_record(record, self._channel.task_id)
+        return _framing.encode_record(record, self._channel.task_id)
 
     def emit(self, record: logging.LogRecord) -> None:
         # For callers of emit() itself; log calls take handle() below.
-        self._channel.put(_transport.encode_record(record, self._channel.task_id), record)
+        self._channel.put(_framing.encode_record(record, self._channel.task_id), record)
 
     def handle(self, record: logging.LogRecord) -> Any:
         # Handler.handle also takes the handler's lock around emit(). The one thing that
@@ -398,7 +398,7 @@ class WorkerHandler(logging.handlers.QueueHandler):
                 record = verdict
         channel = self._channel
         try:
-            frame = _transport.encode_record(record, channel.task_id)
+            frame = _framing.encode_record(record, channel.task_id)
         except Exception:
             # encode_record is built never to raise; if it did, say so the way logging
             # does (a traceback on stderr), and keep the record on stderr too.
@@ -590,8 +590,8 @@ def _read_reason(sock: _Stream) -> str:
     """The text the parent sent after a refusal or goodbye, up to EOF (bounded)."""
     data = b""
     try:
-        while len(data) < _transport.REASON_LIMIT:
-            chunk = sock.recv(_transport.REASON_LIMIT - len(data))
+        while len(data) < _framing.REASON_LIMIT:
+            chunk = sock.recv(_framing.REASON_LIMIT - len(data))
             if not chunk:
                 break
             data += chunk

@@ -25,7 +25,7 @@ from typing import Any
 
 from distributed import KilledWorker
 
-from .._channel import _transport
+from .. import _records
 from .._dispatch import Dispatcher
 from . import _scheduler as _dask_scheduler
 from . import _worker as _dask_worker
@@ -337,7 +337,7 @@ class Receiver:
         dispatch = self._dispatcher.dispatch
         for payload in payloads:
             try:
-                _, record = _transport.build_record(_transport.decode_values(payload))
+                _, record = _records.build_record(_records.decode_values(payload))
             except Exception as problem:
                 _LOGGER.error(
                     "logexec: a record of a Dask task could not be rebuilt in the driver and was "

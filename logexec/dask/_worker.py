@@ -30,7 +30,7 @@ One event looks like this (a list, because events must be msgpack-serializable):
 
     [task id, run id, first sequence number, total or -1, pickled list of pickled records]
 
-Each record is pickled alone, with ``_transport``'s policy (an unpicklable ``extra`` value
+Each record is pickled alone, with ``logexec._records``' policy (an unpicklable ``extra`` value
 becomes its ``repr()``), so one bad value costs only its own repr and never fails the task.
 """
 
@@ -45,8 +45,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
-from .. import _compat, _context
-from .._channel import _transport
+from .. import _compat, _context, _records
 
 # The levels the driver had at submit: its explicit logger levels, and logging.disable's.
 Levels = tuple[dict[str, int], int]
@@ -222,7 +221,7 @@ class _Run:
         self._last_sent = time.monotonic()
         # One bytes object for the whole batch: msgpack carries it as it is, and the
         # driver unpickles a list of bytes (nothing else) before it rebuilds each record.
-        records = pickle.dumps(batch, _transport.PICKLE_PROTOCOL) if batch else b""
+        records = pickle.dumps(batch, _records.PICKLE_PROTOCOL) if batch else b""
         try:
             self._sender.send([self.task_id, self.run_id, first, total, records])
         except Exception as error:
@@ -251,7 +250,7 @@ class _TaskHandler(logging.Handler):
                 return
             # Merge the message and render the exception now, while args and exc_info
             # still hold the values of the moment of the call.
-            payload = _transport.encode_values(_transport.record_values(record, run.task_id))
+            payload = _records.encode_values(_records.record_values(record, run.task_id))
             if run.add(payload):
                 return
             # A thread that inherited the task's context logged after the task returned.
