@@ -62,7 +62,8 @@ from typing import Any, Callable, ParamSpec, TypeVar
 
 from . import _compat, _context
 from ._channel import _worker
-from ._channel._listener import Listener, report
+from ._channel._guard import report
+from ._channel._listener import Listener
 from ._dispatch import Dispatcher, ForgetWhenDone, check_handlers
 
 T = TypeVar("T")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pytest
 
 from logexec import LoggingProcessPoolExecutor, _dispatch, _records
-from logexec._channel import _framing, _listener, _portable, _ring, _transports
+from logexec._channel import _accept, _framing, _guard, _listener, _portable, _ring, _transports
 
 from . import lifecycle_tasks as tasks
 from .conftest import TRANSPORT, ListHandler, socket_protocol_only
@@ -85,7 +85,7 @@ def _injection(name: str, owner: Any, attribute: str, nth: int, *, bound: bool =
 
 _injection("unpickle-and-rebuild", _records, "decode_record", 5, bound=False)
 _injection("dispatch", _dispatch.Dispatcher, "dispatch", 5)
-_injection("own-report", _listener, "handle_safely", 1, bound=False)
+_injection("own-report", _guard, "handle_safely", 1, bound=False)
 _injection("accept", socket.socket, "accept", 1)
 _injection("select", selectors.DefaultSelector, "select", 3)
 _injection("recv-into", socket.socket, "recv_into", 3)
@@ -319,7 +319,7 @@ def test_a_peer_that_dribbles_its_hello_holds_nothing(
 ) -> None:
     """A peer that sends its hello one byte at a time is cut off at the handshake deadline,
     and does not hold shutdown."""
-    monkeypatch.setattr(_listener, "HANDSHAKE_SECONDS", 1.0)
+    monkeypatch.setattr(_accept, "HANDSHAKE_SECONDS", 1.0)
     handler = collect()
     executor = make_executor(1)
     executor.submit(tasks.log_numbered, 0, 1).result(timeout=RESULT_TIMEOUT)

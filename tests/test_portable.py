@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 
 from logexec import LoggingProcessPoolExecutor
-from logexec._channel import _listener, _portable, _transports
+from logexec._channel import _guard, _portable, _socket, _transports
 
 from . import lifecycle_tasks as tasks
 from .conftest import ListHandler
@@ -169,8 +169,8 @@ def test_the_address_fits_af_unix_with_a_long_tmpdir(
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
     monkeypatch.setattr("tempfile.tempdir", str(deep))
-    monkeypatch.setattr(_listener, "_ABSTRACT_NAMESPACE", abstract)
-    directory, address = _portable.new_address(_listener._new_address)
+    monkeypatch.setattr(_socket, "_ABSTRACT_NAMESPACE", abstract)
+    directory, address = _portable.new_address(_socket._new_address)
     try:
         assert isinstance(address, str)
         if abstract:
@@ -179,7 +179,7 @@ def test_the_address_fits_af_unix_with_a_long_tmpdir(
             assert directory is not None and directory.startswith("/tmp/")
             assert len(os.fsencode(address)) < 104
             assert os.stat(directory).st_mode & 0o777 == 0o700
-        server = _portable.Server(address, b"k" * 32, _listener.report)
+        server = _portable.Server(address, b"k" * 32, _guard.report)
         server.close()
     finally:
         if directory is not None:
@@ -191,7 +191,7 @@ def test_without_af_unix_the_address_is_loopback(monkeypatch: pytest.MonkeyPatch
     if sys.platform == "win32":
         pytest.skip("Windows uses named pipes")
     monkeypatch.delattr(socket, "AF_UNIX", raising=False)
-    assert _portable.new_address(_listener._new_address) == (None, ("127.0.0.1", 0))
+    assert _portable.new_address(_socket._new_address) == (None, ("127.0.0.1", 0))
 
 
 # --- whole workloads in interpreters stripped as other platforms are -----------------------
@@ -234,14 +234,14 @@ sys.path.insert(0, {root!r})
 for module_name, names in {lacks!r}.items():
     assert not any(hasattr(sys.modules[module_name], name) for name in names), "not stripped"
 from logexec import LoggingProcessPoolExecutor
-from logexec._channel import _listener
+from logexec._channel import _socket
 from tests import lifecycle_tasks
 
 def stripped_in_worker():
     return not hasattr(os, "memfd_create") and "MSG_CMSG_CLOEXEC" not in dir(socket)
 
 if __name__ == "__main__":
-    _listener._ABSTRACT_NAMESPACE = {abstract!r}  # macOS has no abstract names
+    _socket._ABSTRACT_NAMESPACE = {abstract!r}  # macOS has no abstract names
     kept = lifecycle_tasks.keep_records()
     context = multiprocessing.get_context("spawn")
     with LoggingProcessPoolExecutor(2, mp_context=context) as executor:
