@@ -51,28 +51,22 @@ import contextvars
 import itertools
 import logging
 import multiprocessing
-import os
 import sys
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, ParamSpec, TypeVar
 
 from . import _compat, _context
-from ._channel import _worker
-from ._channel._guard import report
-from ._channel._listener import Listener
+from ._channel import LevelsUpdate, LogChannel, WorkerExit, current_levels, initialize, report, run_task
 from ._dispatch import Dispatcher, ForgetWhenDone, check_handlers
 
 T = TypeVar("T")
 # submit() is typed as typeshed types Executor.submit, so that a type checker matches the
 # arguments against fn's parameters.
 P = ParamSpec("P")
-
-# Key size for the listener's HMAC handshake: the size of a SHA-256 block's security level.
-KEY_SIZE = 32
 
 
 class LoggingProcessPoolExecutor(ProcessPoolExecutor):
@@ -167,10 +161,9 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             raise TypeError(f"mp_context must be a multiprocessing context, got {mp_context!r}")
         self._logexec_forks = mp_context.get_start_method() == "fork"
         self._logexec_dispatcher = Dispatcher(checked_handlers)
-        self._logexec_config = _worker.WorkerConfig(os.urandom(KEY_SIZE))
-        self._logexec_listener = Listener(
-            self._logexec_dispatcher, self._logexec_config.key, _WakeManager(weakref.ref(self))
-        )
+        # The channel's parent end (see logexec._channel for the seam).
+        self._logexec_listener = LogChannel(self._logexec_dispatcher, _WakeManager(weakref.ref(self)))
+        self._logexec_config = self._logexec_listener.config
         self._logexec_lock = threading.Lock()
         self._logexec_shutdown = False
         self._logexec_started = False
@@ -179,13 +172,13 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         self._logexec_task_ids = itertools.count()
         # Levels changed in the parent after the workers started travel with later tasks.
         self._logexec_level_watch = _compat.LevelWatch()
-        self._logexec_levels = _worker.current_levels()
-        self._logexec_levels_update: _worker.LevelsUpdate | None = None
+        self._logexec_levels = current_levels()
+        self._logexec_levels_update: LevelsUpdate | None = None
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
             max_workers,
             mp_context,
-            _worker.initialize,
+            initialize,
             (self._logexec_config, initializer, tuple(initargs)),
             **extra,
         )
@@ -217,7 +210,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
                 self._logexec_dispatcher.register(task_id, context)
         try:
             future: Future[T] = super().submit(
-                _worker.run_task, task_id, self._logexec_addresses, captured, levels, fn, *args, **kwargs
+                run_task, task_id, self._logexec_addresses, captured, levels, fn, *args, **kwargs
             )
         except BaseException:
             if keep_context:
@@ -256,8 +249,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             self._logexec_watch.join()
 
     def _start_channel(self) -> None:
-        self._logexec_config.address = self._logexec_listener.bind()
-        self._logexec_config.transport = self._logexec_listener.transport
+        self._logexec_listener.open()
         if not self._logexec_forks:
             self._logexec_listener.start()
         self._logexec_started = True
@@ -266,7 +258,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         """A level may have changed: if so, the next tasks carry the new levels."""
         # Arm before reading, so that a change made meanwhile is seen next time.
         self._logexec_level_watch.arm()
-        levels = _worker.current_levels()
+        levels = current_levels()
         if levels != self._logexec_levels:
             self._logexec_levels = levels
             version = self._logexec_levels_update[0] + 1 if self._logexec_levels_update else 1
@@ -317,12 +309,12 @@ class _Watch:
             thread.join()
 
 
-def _stop_after(manager: threading.Thread, listener: Listener) -> None:
+def _stop_after(manager: threading.Thread, listener: LogChannel) -> None:
     manager.join()
     listener.stop()
 
 
-def _stop_if_unwatched(listener: Listener, watch: _Watch) -> None:
+def _stop_if_unwatched(listener: LogChannel, watch: _Watch) -> None:
     if not watch.started:
         listener.stop(wait=False)
 
@@ -336,7 +328,8 @@ class _WakeManager:
         # A weak reference: the listener must not keep the executor alive.
         self._executor = executor
 
-    def __call__(self) -> bool:
+    def __call__(self, exits: Sequence[WorkerExit]) -> bool:
+        # Which workers does not matter here: the manager looks at every sentinel again.
         executor = self._executor()
         return executor is None or _compat.wake_executor_manager(executor)
 

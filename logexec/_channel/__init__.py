@@ -1,1 +1,94 @@
-"""The channel: how a worker's records reach the parent and are handled there."""
+"""The channel, and its seam with the fronts: how a worker's records reach the parent.
+
+A *front* is what a user submits work to: ``LoggingProcessPoolExecutor`` (``_executor``),
+the joblib backend (``logexec.joblib``), and next ``multiprocessing.Pool`` and ``Process``.
+Every front needs the same four things from the channel, and this package exports exactly
+those; a front imports nothing else from it (``tests/test_layout.py`` checks)::
+
+ parent process (a front, then this seam)                 worker processes (spawn|fork|forkserver)
+ ──────────────────────────────────────────────────────   ─────────────────────────────────────────
+ 1. channel = LogChannel(dispatcher, on_worker_exit)       2. initialize(config, user_init, user_args)
+    config = channel.open()  ── config in initargs ────▶      (first, before the user's initializer):
+    channel.start()   (under fork: after the fork)              • connect to the listener, prove the key
+                                                                • every logger: no handlers, no filters,
+ 3. submit(fn, *args):                                            propagate = True
+    task_id; dispatcher.register(task_id,                       • root: one QueueHandler → own channel
+      contextvars.copy_context())                               • mirror the parent's levels
+    levels update if current_levels() changed
+    ─ run_task(task_id, ..., levels, fn, *args) ─────────▶  3. run_task(...): apply the levels if newer;
+                                                                run fn; each log call: the frame is out
+ listener thread ("logexec-listener")  ◀──── frames ─────        before the call returns (by task id)
+   • rebuild the record (logexec._records)                      • fn done: a barrier, if it logged,
+   • dispatcher.dispatch(task_id, record): in the                 and wait for the answer
+     submitter's context, getLogger(name).handle(record)              │
+   • answer barriers ─────────────────────────── ack ──▶  ◀──────────┘
+ future.result() ◀──── result ────────────────────────────  (sent only after the barrier's answer)
+   ForgetWhenDone(dispatcher, task_id)
+
+ 4. a worker's connection ends ─▶ on_worker_exit([WorkerExit(pid, cut_off)]) on the listener
+    thread; True once heard (False: call again soon). Then, when the front knows its last
+    worker is gone (joined), channel.stop(): every connection is read to its end, then the
+    thread stops.
+
+The seam, name by name:
+
+1. **A listener to start and stop.** ``LogChannel(dispatcher, on_worker_exit=None)``; its
+   ``config`` (a ``WorkerConfig``, pickled into each worker with the parent's levels);
+   ``open() -> WorkerConfig`` binds (before any worker starts); ``start()``; ``stop(wait=True)``
+   only after the last worker is gone, since it reads every connection to its end;
+   ``wait_stopped(timeout) -> bool``; ``thread``, ``address``, ``transport``. The channel
+   holds no reference to the front: its life follows the workers, never the user's reference.
+2. **A worker set-up, first in each worker.** ``initialize(config, user_initializer,
+   user_initargs)``, the pool's initializer; it runs the user's initializer last, so that it
+   can log.
+3. **A task bracket.** Worker side: ``run_task(task_id, propagated, captured, levels, fn,
+   /, *args, **kwargs)`` runs ``fn`` and returns only once the parent has handled every
+   record it logged (a barrier, sent only if it logged). ``levels`` is a ``LevelsUpdate``
+   (``(version, current_levels())``) when the parent's levels changed, else None; a front
+   that ships levels with every task uses ``apply_levels(levels)`` itself. Parent side:
+   ``Dispatcher.register(task_id, context)`` before the task is submitted, and
+   ``ForgetWhenDone(dispatcher, task_id)`` on its future (``logexec._dispatch``), so that its
+   records are handled in the submitter's ``contextvars`` context.
+4. **A worker's death.** ``on_worker_exit(exits: Sequence[WorkerExit]) -> bool``: each
+   ``WorkerExit`` has the worker's ``pid`` and ``cut_off`` (bytes of a record it was still
+   writing: 0 means it ended between records). Every record it sent before is handled by
+   then. Its exit code is the pool's to tell.
+
+And ``report(level, message, *args, exc_info=None)``: logexec's own reports, through the
+parent's logging, never raising.
+
+A front with a transport of its own (Dask ships records in its event topics; 3.14's
+interpreters would use a queue) keeps everything above the transport: the record codec
+(``logexec._records``), ``Dispatcher`` and the task bracket's rule (a result only once its
+records are handled, by count or by barrier).
+
+Inside (not for fronts): ``_listener`` (the thread, assembled from ``_guard``, ``_accept``,
+``_read``), ``_framing`` (the wire format), ``_transports`` (which transport: ``_ring``,
+``_socket``, ``_portable``) and ``_worker`` (the worker's end and its handler).
+"""
+
+from ._guard import OnWorkerExit, WorkerExit, report
+from ._parent import LogChannel
+from ._worker import (
+    Levels,
+    LevelsUpdate,
+    WorkerConfig,
+    apply_levels,
+    current_levels,
+    initialize,
+    run_task,
+)
+
+__all__ = [
+    "Levels",
+    "LevelsUpdate",
+    "LogChannel",
+    "OnWorkerExit",
+    "WorkerConfig",
+    "WorkerExit",
+    "apply_levels",
+    "current_levels",
+    "initialize",
+    "report",
+    "run_task",
+]

@@ -30,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Union
 
 from .._dispatch import Dispatcher, handle_safely
@@ -108,17 +108,41 @@ _ACCEPT = "accept"
 _WAKE = "wake"
 
 
+class WorkerExit:
+    """What the listener knows of a worker whose connection ended: its pid, and how it ended.
+
+    ``cut_off`` is how many bytes of a frame it was still writing (0: it ended between
+    records; more: it died in the middle of one, whose log call had not returned). How the
+    process itself ended (its exit code) is its pool's to tell, not the listener's.
+    """
+
+    __slots__ = ("cut_off", "pid")
+
+    def __init__(self, pid: int, cut_off: int) -> None:
+        self.pid = pid
+        self.cut_off = cut_off
+
+    def __repr__(self) -> str:
+        return f"WorkerExit(pid={self.pid}, cut_off={self.cut_off})"
+
+
+# Told, on the listener thread, of workers whose connections ended; returns False to be
+# told again later (the exits told so far, and any since), True once it has heard them.
+OnWorkerExit = Callable[[Sequence[WorkerExit]], bool]
+
+
 class ListenerCore:
     """The listener's state, and the guard every part of it goes through."""
 
     def __init__(
-        self, dispatcher: Dispatcher, key: bytes, on_worker_exit: Callable[[], bool] | None = None
+        self, dispatcher: Dispatcher, key: bytes, on_worker_exit: OnWorkerExit | None = None
     ) -> None:
         self._dispatcher = dispatcher
         self._key = key
         # Called when a worker's connection ends; returns False to be called again later.
         self._on_worker_exit = on_worker_exit
-        self._worker_exit_pending = False
+        # The exits it has not heard of yet (see _notify_worker_exit).
+        self._worker_exits: list[WorkerExit] = []
         self._lock = threading.Lock()
         # The process that owns the socket. A process forked from it (a fork worker, or a
         # child of a task) inherits this object and must never stop, drain or delete it.

@@ -24,7 +24,7 @@ import time
 from .. import _records
 from . import _framing, _ring
 from ._accept import Accepting
-from ._guard import _ACCEPT, _LOGGER, READ_SIZE, RETRY_SECONDS, _Connection, _describe
+from ._guard import _ACCEPT, _LOGGER, READ_SIZE, RETRY_SECONDS, WorkerExit, _Connection, _describe
 
 # How soon to retry telling the pool that a worker's connection ended, when it was busy.
 WORKER_EXIT_RETRY_SECONDS = 0.05
@@ -74,7 +74,7 @@ class Reading(Accepting):
         timeout = self._bound_timeout(selector, timeout)
         for key, _ in selector.select(timeout):
             self._on_ready(selector, key.data)
-        if self._worker_exit_pending:
+        if self._worker_exits:
             self._notify_worker_exit()
         return last_record
 
@@ -93,7 +93,7 @@ class Reading(Accepting):
     def _bound_timeout(self, selector: selectors.BaseSelector, timeout: float | None) -> float | None:
         """Shorten a wait for the things that need a look at a set time."""
         deadlines = [RETRY_SECONDS] if self._retry else []
-        if self._worker_exit_pending:
+        if self._worker_exits:
             # A worker-exit notice that could not be delivered yet (see
             # _compat.wake_executor_manager) makes us come back.
             deadlines.append(WORKER_EXIT_RETRY_SECONDS)
@@ -294,7 +294,7 @@ class Reading(Accepting):
             if connection.closed:
                 return  # closed for a protocol error while draining
         if connection.pid:
-            self._worker_exit_pending = True
+            self._worker_exits.append(WorkerExit(connection.pid, connection.filled))
             self._notify_worker_exit()
         if connection.filled and connection.pid:
             # The worker died in the middle of writing a frame. That record's log call had
@@ -313,13 +313,15 @@ class Reading(Accepting):
         self._forget(selector, connection)
 
     def _notify_worker_exit(self) -> None:
+        exits = self._worker_exits
         if self._on_worker_exit is None:
-            self._worker_exit_pending = False
+            exits.clear()
             return
         try:
-            self._worker_exit_pending = not self._on_worker_exit()
+            if self._on_worker_exit(tuple(exits)):
+                exits.clear()
         except BaseException as error:
-            self._worker_exit_pending = False
+            exits.clear()
             self._report_error("logexec: the worker-exit callback failed", error)
 
 

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from .._channel import _worker
+from .._channel import Levels
 from .._dispatch import Dispatcher, check_handlers
 from . import _channel as _joblib_channel
 from . import _compat as _joblib_compat
@@ -77,7 +77,7 @@ class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # j
         self._logexec_dispatcher = Dispatcher(check_handlers(handlers))
         self._logexec_channel: _joblib_channel.Channel | None = None
         # What the current Parallel call ships with each batch and dispatches in.
-        self._logexec_levels: _worker.Levels | None = None
+        self._logexec_levels: Levels | None = None
         self._logexec_context: contextvars.Context | None = None
 
     def configure(

@@ -33,13 +33,8 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from .._channel import _worker
-from .._channel._listener import Listener
-from .._channel._worker import Levels
+from .._channel import Levels, LogChannel, current_levels, initialize
 from .._dispatch import Dispatcher, ForgetWhenDone
-
-# Key size for the listener's HMAC handshake, as in the executor.
-KEY_SIZE = 32
 
 
 class RoutingDispatcher(Dispatcher):
@@ -77,11 +72,11 @@ class Channel:
 
     def __init__(self) -> None:
         self.dispatcher = RoutingDispatcher()
-        self.config = _new_config()
-        self.listener = _new_listener(self.dispatcher, self.config.key)
-        self.config.address = self.listener.bind()
-        # The workers follow the parent's choice of transport (see _transports).
-        self.config.transport = self.listener.transport
+        # No worker-exit callback: loky's own manager thread watches its workers' sentinels.
+        self.listener = LogChannel(self.dispatcher)
+        # The same config object for every executor this channel serves (see the docstring).
+        # Levels are captured by WorkerConfig.__reduce__ when loky pickles it for a new worker.
+        self.config = self.listener.open()
         # loky starts workers by fork+exec in C (or spawn, or forkserver; never a bare
         # fork), so the thread may run before the first worker exists.
         self.listener.start()
@@ -193,21 +188,10 @@ if hasattr(os, "register_at_fork"):  # no fork, hence no hook, on Windows
 
 def capture_levels() -> Levels:
     """The parent's logger levels, as the workers should mirror them."""
-    # Adapter to the core: the same reading of levels as WorkerConfig.__reduce__.
-    return _worker.current_levels()
-
-
-# Adapters to the core: one function per entry point, so that they can follow it.
-def _new_config() -> _worker.WorkerConfig:
-    # Levels are captured by WorkerConfig.__reduce__ when loky pickles it for a new worker.
-    return _worker.WorkerConfig(os.urandom(KEY_SIZE))
-
-
-def _new_listener(dispatcher: Dispatcher, key: bytes) -> Listener:
-    # No worker-exit callback: loky's own manager thread watches its workers' sentinels.
-    return Listener(dispatcher, key, None)
+    # The same reading of levels as WorkerConfig.__reduce__.
+    return current_levels()
 
 
 def worker_initializer() -> Any:
     """The initializer loky runs in each new worker: logexec's, chaining the user's."""
-    return _worker.initialize
+    return initialize

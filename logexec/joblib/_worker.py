@@ -1,6 +1,6 @@
 """The worker side of ``logexec.joblib``: each joblib batch runs inside logexec's task wrapper.
 
-loky starts a worker with logexec's initializer (``_worker.initialize``), which connects it
+loky starts a worker with logexec's initializer (``logexec._channel.initialize``), which connects it
 to the parent's listener and puts the one ``QueueHandler`` on root. Every batch joblib sends
 then runs through ``run_batch``, which
 
@@ -8,7 +8,7 @@ then runs through ``run_batch``, which
   the ``Parallel`` call began: loky keeps its workers for many calls, so the levels the
   initializer applied at the worker's start go stale when the parent changes its own (a
   test that calls ``caplog.set_level``, an application that turns on DEBUG); and
-* then runs the batch in ``_worker.run_task``, which returns only once the parent has
+* then runs the batch in ``logexec._channel.run_task``, which returns only once the parent has
   handled every record the batch logged ("a result means its records are handled").
 """
 
@@ -16,24 +16,25 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .._channel import _worker
+from .._channel import Levels, apply_levels
+from .._channel import run_task as _run_task
 
 # The levels this worker last applied.
-_applied: _worker.Levels | None = None
+_applied: Levels | None = None
 
 
-def run_batch(levels: _worker.Levels | None, task_id: int, batch: Callable[[], Any]) -> Any:
+def run_batch(levels: Levels | None, task_id: int, batch: Callable[[], Any]) -> Any:
     """Run one joblib batch; return only after the parent has handled its records."""
     global _applied
     if levels is not None and levels != _applied:
-        _worker.apply_levels(levels)
+        apply_levels(levels)
         _applied = levels
     return run_task(task_id, batch)
 
 
-# Adapter to the core: the single call into logexec's task wrapper (see _worker.run_task).
+# Adapter to the core: the single call into logexec's task wrapper (see logexec._channel.run_task).
 # No context variables are propagated (the joblib backend has no such option), hence the
 # empty addresses and None for their captured values; levels travel with every call
 # (run_batch above), not as versioned updates.
 def run_task(task_id: int, batch: Callable[[], Any]) -> Any:
-    return _worker.run_task(task_id, (), None, None, batch)
+    return _run_task(task_id, (), None, None, batch)
