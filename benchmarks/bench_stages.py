@@ -34,7 +34,7 @@ from typing import Any
 import _common
 
 from logexec import _dispatch, _records
-from logexec._channel import _framing, _worker
+from logexec._channel import _framing, _setup, _worker
 
 
 def per_item(function: Callable[[], int], repeats: int) -> float:
@@ -138,7 +138,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
     channel._socket = writer  # no listener here: a socketpair stands in for the connection
     channel.task_id = 7
     root.removeHandler(null)
-    root.addHandler(_worker.WorkerHandler(channel))
+    root.addHandler(_setup.WorkerHandler(channel))
     rows.append(("worker", "log call through logexec's handler (total)", per_item(log_null, repeats)))
     _common.reset_root_logger()
     writer.close()

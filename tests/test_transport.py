@@ -486,10 +486,10 @@ def test_a_filter_that_deletes_a_field_does_not_look_like_a_lost_parent(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Through the worker's handler, a filter's `del record.lineno` still sends the record, silently."""
-    from logexec._channel import _worker
+    from logexec._channel import _setup
 
     channel = _Collector()
-    handler = _worker.WorkerHandler(channel)  # type: ignore[arg-type]  # a channel in all but type
+    handler = _setup.WorkerHandler(channel)  # type: ignore[arg-type]  # a channel in all but type
     handler.addFilter(_DeleteLineno())
     logger = logging.getLogger("transport.filtered")
     logger.propagate = False

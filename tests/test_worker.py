@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from logexec import _records
-from logexec._channel import _framing, _worker
+from logexec._channel import _framing, _setup, _worker
 
 
 def _channel_with_peer() -> tuple[_worker.Channel, socket.socket]:
@@ -22,7 +22,7 @@ def _channel_with_peer() -> tuple[_worker.Channel, socket.socket]:
 def test_handler_is_a_queue_handler_that_writes_frames() -> None:
     """The handler is a real QueueHandler; each record is one frame on the connection."""
     channel, peer = _channel_with_peer()
-    handler = _worker.WorkerHandler(channel)
+    handler = _setup.WorkerHandler(channel)
     assert isinstance(handler, logging.handlers.QueueHandler)
     channel.begin_task(41)
     handler.handle(logging.makeLogRecord({"name": "w", "msg": "hi %s", "args": ("there",), "levelno": 20}))
@@ -38,7 +38,7 @@ def test_unreachable_parent_sends_records_to_stderr(capsys: pytest.CaptureFixtur
     """With the parent gone, records go to stderr after one notice; the caller sees nothing."""
     channel, peer = _channel_with_peer()
     peer.close()
-    handler = _worker.WorkerHandler(channel)
+    handler = _setup.WorkerHandler(channel)
     logger = logging.getLogger("tests.orphan")
     logger.propagate = False
     logger.addHandler(handler)
@@ -65,7 +65,7 @@ def test_task_that_logged_nothing_sends_no_barrier() -> None:
 def test_barrier_waits_for_the_answer() -> None:
     """After a task that logged, end_task sends a barrier and returns once answered."""
     channel, peer = _channel_with_peer()
-    handler = _worker.WorkerHandler(channel)
+    handler = _setup.WorkerHandler(channel)
     channel.begin_task(7)
     handler.handle(logging.makeLogRecord({"msg": "x"}))
     peer.sendall(_framing.BARRIER_ACK)  # answered ahead: end_task must still send its barrier
@@ -81,7 +81,7 @@ def test_a_log_call_nested_in_a_write_is_sent_after_it_in_order() -> None:
     """A log call made while this thread is inside a write (a signal handler that logs) is
     neither deadlocked nor interleaved: it is sent right after the interrupted frame."""
     channel, peer = _channel_with_peer()
-    handler = _worker.WorkerHandler(channel)
+    handler = _setup.WorkerHandler(channel)
     nested_sent = []
     original = channel._write
 

@@ -64,20 +64,14 @@ records are handled, by count or by barrier).
 
 Inside (not for fronts): ``_listener`` (the thread, assembled from ``_guard``, ``_accept``,
 ``_read``), ``_framing`` (the wire format), ``_transports`` (which transport: ``_ring``,
-``_socket``, ``_portable``) and ``_worker`` (the worker's end and its handler).
+``_socket``, ``_portable``), ``_worker`` (the worker's end of its connection) and ``_setup``
+(the worker set-up, its handler and the task bracket).
 """
 
 from ._guard import OnWorkerExit, WorkerExit, report
 from ._parent import LogChannel
-from ._worker import (
-    Levels,
-    LevelsUpdate,
-    WorkerConfig,
-    apply_levels,
-    current_levels,
-    initialize,
-    run_task,
-)
+from ._setup import apply_levels, initialize, run_task
+from ._worker import Levels, LevelsUpdate, WorkerConfig, current_levels
 
 __all__ = [
     "Levels",

@@ -1,0 +1,227 @@
+"""What runs in each worker around the user's code: the set-up, the handler, the task bracket.
+
+``initialize`` is the pool's initializer (logexec's, before the user's): it connects the
+worker's end of the channel (``_worker.Channel``), clears every handler and filter the worker
+inherited, puts the one ``WorkerHandler`` on root and mirrors the parent's levels.
+``run_task`` brackets each task: it applies newer levels, runs the task under its task id,
+and returns only once the parent has handled every record the task logged (the barrier).
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from typing import Any, Callable
+
+from .. import _compat, _context
+from . import _framing
+from ._worker import Channel, Levels, LevelsUpdate, WorkerConfig
+
+
+class WorkerHandler(logging.handlers.QueueHandler):
+    """The only handler on a worker's root logger.
+
+    It is a real ``QueueHandler`` (code that checks for one finds it); its "queue" is the
+    worker's private connection and ``prepare`` turns a record into a wire frame.
+    """
+
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(channel)  # type: ignore[arg-type]  # a queue in all but type
+        self._channel = channel
+        self._told_stderr = False
+        channel.fallback = self._to_stderr
+
+    def prepare(self, record: logging.LogRecord) -> Any:
+        return _framing.encode_record(record, self._channel.task_id)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # For callers of emit() itself; log calls take handle() below.
+        self._channel.put(_framing.encode_record(record, self._channel.task_id), record)
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        # Handler.handle also takes the handler's lock around emit(). The one thing that
+        # must not interleave, the write, has the channel's lock already, and this runs on
+        # every log call, so the handler lock is skipped; and QueueHandler.emit's
+        # prepare() and enqueue() are done here directly, a call each cheaper.
+        if self.filters:
+            verdict: Any = self.filter(record)
+            if not verdict:
+                return verdict
+            if isinstance(verdict, logging.LogRecord):  # 3.12+: a filter may swap the record
+                record = verdict
+        channel = self._channel
+        try:
+            frame = _framing.encode_record(record, channel.task_id)
+        except Exception:
+            # encode_record is built never to raise; if it did, say so the way logging
+            # does (a traceback on stderr), and keep the record on stderr too.
+            self.handleError(record)
+            self._to_stderr(record)
+            return True
+        channel.put(frame, record)
+        return True
+
+    def _to_stderr(self, record: logging.LogRecord) -> None:
+        # The parent cannot be reached. The record must not vanish, so it goes to this
+        # worker's stderr, whole, after a one-time notice that says why.
+        stream = sys.stderr
+        if stream is None:
+            return
+        try:
+            if not self._told_stderr:
+                self._told_stderr = True
+                reason = self._channel.closed_reason
+                if reason:
+                    why = f"the parent closed its log connection: {reason}"
+                else:
+                    why = "cannot reach the parent process (it exited or its listener stopped)"
+                stream.write(
+                    f"logexec: worker {os.getpid()} {why}; this worker's records now go to its stderr\n"
+                )
+            stream.write(f"{_STDERR_FORMATTER.format(record)}\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+_STDERR_FORMATTER = logging.Formatter(logging.BASIC_FORMAT)
+
+# The channel of this worker process, set by initialize().
+_channel: Channel | None = None
+# The version of the parent's levels this worker applied last (see LevelsUpdate), and the
+# loggers whose level it set, so that a level the parent unsets is unset here too.
+_levels_version = 0
+_levels_set: set[str] = set()
+
+
+def initialize(
+    config: WorkerConfig,
+    user_initializer: Callable[..., object] | None,
+    user_initargs: tuple[Any, ...],
+) -> None:
+    """Worker initializer: connect, reset logging, then run the user's initializer."""
+    global _channel
+    channel = Channel(config)
+    channel.connect()
+    _reset_logging()
+    if config.levels is not None:
+        apply_levels(config.levels)
+    else:
+        # Under fork the levels came with the process; remember which were set, so that
+        # an update that unsets one unsets it here too.
+        _levels_set.update(_compat.explicit_levels())
+    logging.getLogger().addHandler(WorkerHandler(channel))
+    _channel = channel
+    if user_initializer is not None:
+        user_initializer(*user_initargs)
+
+
+def run_task(
+    task_id: int,
+    propagated: tuple[_context.VarAddress, ...],
+    captured: _context.CapturedValues | None,
+    levels: LevelsUpdate | None,
+    fn: Callable[..., Any],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """Run one task; return only after the parent has handled the task's records."""
+    global _levels_version
+    channel = _channel
+    if channel is None:
+        raise RuntimeError(
+            "logexec's task wrapper ran in a process that logexec's initializer did not set "
+            "up; submit tasks through LoggingProcessPoolExecutor"
+        )
+    if levels is not None and levels[0] > _levels_version:
+        _levels_version = levels[0]
+        apply_levels(levels[1])
+    if logging.getLoggerClass() not in _PLAIN_CLASSES:
+        # Unpickling this task's function imported a module that set a Logger class.
+        _neutralize_logger_classes()
+    channel.begin_task(task_id)
+    try:
+        if captured is not None:
+            return _context.call_with_values(propagated, captured, fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+    finally:
+        channel.end_task()
+
+
+def _after_fork_in_child() -> None:
+    if _channel is not None:
+        _channel.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # no fork, hence no hook, on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _reset_logging() -> None:
+    # Under fork every logger arrives with the parent's handlers and filters; writing
+    # through them would put a second writer on the parent's files, and filtering here
+    # would apply them twice. The parent applies its own configuration on dispatch.
+    for logger in _compat.existing_loggers():
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for log_filter in list(logger.filters):
+            logger.removeFilter(log_filter)
+        logger.propagate = True
+    _neutralize_logger_classes()
+
+
+def apply_levels(levels: Levels) -> None:
+    """Mirror the parent's levels; a logger the parent no longer sets goes back to NOTSET."""
+    logger_levels, disabled = levels
+    for name in _levels_set - set(logger_levels):
+        logging.getLogger(name or None).setLevel(logging.NOTSET)
+    for name, level in logger_levels.items():
+        logging.getLogger(name or None).setLevel(level)
+    _levels_set.clear()
+    _levels_set.update(logger_levels)
+    logging.disable(disabled)
+
+
+# Logger classes whose handle/callHandlers are logging's own: the worker's records take the
+# standard path to the root handler, and the class's own rules apply once, in the parent.
+_PLAIN_CLASSES: set[type[logging.Logger]] = {logging.Logger, logging.RootLogger}
+_PLAIN_VERSIONS: dict[type[logging.Logger], type[logging.Logger]] = {}
+
+
+def _plain_version(cls: type[logging.Logger]) -> type[logging.Logger]:
+    """``cls`` with logging's own ``handle`` and ``callHandlers``: everything else kept."""
+    if cls.handle is logging.Logger.handle and cls.callHandlers is logging.Logger.callHandlers:
+        _PLAIN_CLASSES.add(cls)
+        return cls
+    plain = _PLAIN_VERSIONS.get(cls)
+    if plain is None:
+        namespace = {
+            "handle": logging.Logger.handle,
+            "callHandlers": logging.Logger.callHandlers,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__,
+        }
+        plain = _PLAIN_VERSIONS[cls] = type(cls.__name__, (cls,), namespace)
+        _PLAIN_CLASSES.add(plain)
+    return plain
+
+
+def _neutralize_logger_classes() -> None:
+    # A Logger subclass that overrides handle() (to enrich, route or drop records) would
+    # run here and again in the parent, whose dispatch calls the parent logger's handle().
+    # Run it once, in the parent, where the configuration lives: here, each logger keeps
+    # its class in all but those two methods (isinstance and its other methods still hold).
+    for logger in _compat.existing_loggers():
+        cls = type(logger)
+        if cls not in _PLAIN_CLASSES:
+            try:
+                logger.__class__ = _plain_version(cls)
+            except TypeError:
+                pass  # a class whose layout forbids it (__slots__): leave it as it is
+    logger_class = logging.getLoggerClass()
+    if logger_class not in _PLAIN_CLASSES:
+        logging.setLoggerClass(_plain_version(logger_class))
