@@ -57,7 +57,6 @@ import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -67,6 +66,10 @@ from importlib import metadata
 from typing import Any, Callable
 
 import _common
+
+# One harness for both comparisons: the CLI's (python -m logexec demo --compare) alternatives
+# and isolation, which this script runs too, in rounds, beside its own contenders and checks.
+from logexec._selfcheck import _compare, _harness
 
 ALTERNATIVES: dict[str, str] = {
     "recipe": "stdlib recipe (`mp.Queue` + `QueueListener`)",
@@ -402,21 +405,7 @@ SETUPS: dict[str, type[Setup]] = {
 
 def bounded(action: Callable[[], object], label: str, hung: list[str]) -> None:
     """Run ``action`` in a daemon thread; if it is still running after STOP_SECONDS, say so."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            action()
-        except Exception as error:
-            errors.append(error)
-
-    thread = threading.Thread(target=run, name=f"bounded {label}", daemon=True)
-    thread.start()
-    thread.join(STOP_SECONDS)
-    if thread.is_alive():
-        hung.append(f"{label} hung (> {STOP_SECONDS:g} s)")
-    elif errors:
-        hung.append(f"{label} raised {type(errors[0]).__name__}")
+    _harness.bounded(action, label, hung, STOP_SECONDS)
 
 
 def await_task(future: concurrent.futures.Future[Any]) -> str:
@@ -616,39 +605,21 @@ def run_check(check: str, alternative: str, variant: str, timeout: float) -> dic
         "--variant",
         variant,
     ]
-    child = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_session(child.pid)
-        stdout, stderr = child.communicate()
+    # The CLI's harness: a new session, killed when the check ends or overruns, which also
+    # reaps what the alternative left behind (workers, a forkserver, a resource tracker).
+    done = _harness.run_isolated(command, timeout)
+    if done.timed_out:
         return {"cell": "hung", "detail": f"no report in {timeout:g} s; the check's process group was killed"}
-    # Also reaps what the alternative left behind: workers, a forkserver, a resource tracker.
-    kill_session(child.pid)
-    lines = stdout.strip().splitlines()
+    lines = done.stdout.strip().splitlines()
     try:
         result: dict[str, str] = json.loads(lines[-1])
     except (IndexError, ValueError):
-        tail = stderr.strip().splitlines()[-1:]
-        return {"cell": f"error (exit {child.returncode})", "detail": " ".join(tail)}
-    errors = sorted({match.group(0) for match in _ERROR_LINE.finditer(stderr)})
+        tail = done.stderr.strip().splitlines()[-1:]
+        return {"cell": f"error (exit {done.returncode})", "detail": " ".join(tail)}
+    errors = sorted({match.group(0) for match in _ERROR_LINE.finditer(done.stderr)})
     if errors:
         result["detail"] += "; on stderr: " + " | ".join(error[:160] for error in errors)
     return result
-
-
-def kill_session(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def versions() -> str:
@@ -736,6 +707,25 @@ def report(
     return "\n".join(lines).rstrip() + "\n"
 
 
+def run_workload_rounds(rounds: int, records: int, workers: int) -> str:
+    """The CLI's comparison (the same alternatives, the same code), ``rounds`` times over."""
+    method = multiprocessing.get_start_method()
+    labels = dict(_compare.ALTERNATIVES)
+    lines = [
+        "## The CLI's comparison (`python -m logexec demo --compare`), "
+        f"{rounds} round(s): {records:,} records of about {_compare.PADDING_CHARS // 1000} KB "
+        f"from {workers} worker(s), start method {method}",
+        "",
+    ]
+    for round_number in range(1, rounds + 1):
+        outcomes = []
+        for name, label in _compare.ALTERNATIVES:
+            print(f"workload round {round_number}: {label} ...", flush=True)
+            outcomes.append(_compare.run_child(name, records, workers, method))
+        lines += [f"Round {round_number}:", "", "```", _compare.format_table(outcomes, labels), "```", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -749,6 +739,16 @@ def main() -> None:
         help=f"hard limit per check (default {CHECK_SECONDS:g} s)",
     )
     parser.add_argument("--no-save", action="store_true", help="do not write results/alternatives.md")
+    parser.add_argument(
+        "--workload-rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the CLI's comparison (python -m logexec demo --compare: logexec and the naive "
+        "alternatives, lost/duplicated/corrupt records) N times, and print each round's table",
+    )
+    parser.add_argument("--workload-records", type=int, default=_compare.DEFAULT_RECORDS, metavar="N")
+    parser.add_argument("--workload-workers", type=int, default=4, metavar="N")
     parser.add_argument("--check", help=argparse.SUPPRESS)
     parser.add_argument("--alternative", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -774,6 +774,8 @@ def main() -> None:
             )
     checks = [check for check in CHECKS if check in args.checks]
     text = report(results, checks, args.alternatives, sys.argv, time.monotonic() - start)
+    if args.workload_rounds > 0:
+        text += "\n" + run_workload_rounds(args.workload_rounds, args.workload_records, args.workload_workers)
     print()
     print(text)
     if not args.no_save:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from logexec.__main__ import main
-from logexec._selfcheck import _compare, _demo
+from logexec._selfcheck import _compare, _demo, _workload
 
 pytestmark = pytest.mark.integration
 
@@ -192,17 +192,17 @@ def test_verification_counts_lost_duplicated_and_corrupt(tmp_path: Path) -> None
     """Reading back finds missing, repeated and unparsable lines; unpromised extras are not errors."""
     path = tmp_path / "lines"
     lines = [
-        _demo.format_line(0, 0, 1, "m"),
-        _demo.format_line(0, 0, 1, "m"),  # duplicated
-        _demo.format_line(0, 2, 1, "m"),  # counter 1 lost
-        _demo.format_line(1, 0, 1, "m")[:20],  # cut off: corrupt, and (1, 0) lost
+        _workload.format_line(0, 0, 1, "m"),
+        _workload.format_line(0, 0, 1, "m"),  # duplicated
+        _workload.format_line(0, 2, 1, "m"),  # counter 1 lost
+        _workload.format_line(1, 0, 1, "m")[:20],  # cut off: corrupt, and (1, 0) lost
         '{"worker": 5, "counter": 0}',  # no such worker: corrupt
         '["not", "an", "object"]',
-        _demo.format_line(1, 1, 1, "m"),
-        _demo.format_line(1, 9, 1, "m"),  # beyond what was promised: accepted once
+        _workload.format_line(1, 1, 1, "m"),
+        _workload.format_line(1, 9, 1, "m"),  # beyond what was promised: accepted once
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    verdict = _demo.verify_files([str(path)], [3, 2])
+    verdict = _workload.verify_files([str(path)], [3, 2])
     assert (verdict.lines, verdict.lost, verdict.duplicated, verdict.corrupt) == (8, 2, 1, 3)
     assert verdict.delivered == 3
     assert not verdict.ok

@@ -1,9 +1,10 @@
 """``python -m logexec demo --compare``: the same workload through the naive alternatives.
 
 Each alternative runs in a child process of its own (``python -m logexec._selfcheck._compare``) in a
-new session, so that one that hangs can be killed with all its workers without touching
-the demo: the child bounds its own waits and reports "hung"; the demo kills the whole
-session if even that report does not come.
+new session (``_harness``), so that one that hangs can be killed with all its workers without
+touching the demo: the child bounds its own waits and reports "hung"; the demo kills the
+whole session if even that report does not come. ``benchmarks/compare_alternatives.py`` runs
+these same alternatives, in rounds, beside its own contenders.
 
 The alternatives, each with ``workers`` processes logging records of about 6 KB:
 
@@ -33,7 +34,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +43,8 @@ from concurrent.futures import ALL_COMPLETED, wait
 from typing import Any, Callable, TextIO
 
 from .._executor import LoggingProcessPoolExecutor
-from ._demo import DEMO_LOGGER, JsonLineFormatter, run_timeout, split_records, verify_files
+from ._harness import run_isolated
+from ._workload import DEMO_LOGGER, JsonLineFormatter, run_timeout, split_records, verify_files
 
 # Records per alternative unless given: enough for contention and several rotations, small
 # enough that the ~6 KB lines stay around 100 MB of disk per alternative.
@@ -394,46 +395,31 @@ def run_child(
         timeout = run_timeout(records) + 4 * GRACE_SECONDS + 20.0
     directory = tempfile.mkdtemp(prefix=f"logexec-compare-{name}-")
     try:
-        with open(os.path.join(directory, "stderr.txt"), "wb") as errors:
-            child = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "logexec._selfcheck._compare",
-                    name,
-                    str(records),
-                    str(workers),
-                    start_method,
-                    directory,
-                    str(GRACE_SECONDS),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=errors,
-                stderr=errors,
-                start_new_session=True,
-            )
-            try:
-                child.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            finally:
-                # Also reaps whatever the alternative left behind: its workers, a forkserver.
-                try:
-                    os.killpg(child.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                child.wait(timeout=GRACE_SECONDS)
+        done = run_isolated(
+            [
+                sys.executable,
+                "-m",
+                "logexec._selfcheck._compare",
+                name,
+                str(records),
+                str(workers),
+                start_method,
+                directory,
+                str(GRACE_SECONDS),
+            ],
+            timeout,
+            reap_seconds=GRACE_SECONDS,
+        )
         try:
             with open(os.path.join(directory, "outcome.json"), encoding="utf-8") as stream:
                 return Outcome.from_json(stream.read())
         except (OSError, ValueError):
             outcome = Outcome(name, records)
-            if child.returncode is None or child.returncode == -signal.SIGKILL:
+            if done.returncode is None or done.returncode == -signal.SIGKILL:
                 outcome.hung = f"no report, killed after {timeout:g} s"
             else:
-                with open(os.path.join(directory, "stderr.txt"), "rb") as stream:
-                    tail = stream.read().decode("utf-8", "replace").strip().splitlines()[-1:]
-                outcome.note = f"failed (exit {child.returncode}): {' '.join(tail)}"
+                tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:]
+                outcome.note = f"failed (exit {done.returncode}): {' '.join(tail)}"
             return outcome
     finally:
         shutil.rmtree(directory, ignore_errors=True)
