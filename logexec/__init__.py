@@ -9,7 +9,7 @@ executor's random key with an HMAC answer to the listener's challenge), and ever
 call puts its record on that channel before it returns: on x86-64 Linux into a
 shared-memory ring the worker handed over with its hello (no system call), elsewhere onto
 the connection itself (where there is no ``AF_UNIX``, as on Windows, a
-``multiprocessing.connection`` connection carries the same frames: see ``_transports``).
+``multiprocessing.connection`` connection carries the same frames: see ``_channel._transports``).
 We chose this over the
 stdlib recipe's shared ``multiprocessing.Queue`` because, measured here, that queue loses
 the records of a worker killed by ``SIGKILL`` (its feeder thread had not written them
@@ -18,7 +18,7 @@ lock). With one synchronous channel per worker, a record whose call returned is 
 the kernel keeps for the parent and survives the crash, a dead worker is only an EOF on its
 own connection, a frame
 cut off mid-write damages nothing else, and a slow parent holds the writers back instead
-of letting memory grow. See ``_executor`` for the data flow.
+of letting memory grow. See ``_channel`` for the data flow.
 """
 
 from ._executor import LoggingProcessPoolExecutor

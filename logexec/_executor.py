@@ -21,14 +21,14 @@ Data flow::
      • answer barriers ──────────────────────── ack ──▶ ◀──────┘
    future.result() ◀──── result ───────────────────── (sent after the barrier is answered)
 
-The **listener** (``_listener``) owns a socket in a private directory and reads every
-worker's connection and ring (``_ring``); a dead worker is an EOF on its own connection and
-nothing else. Where ``AF_UNIX`` is missing (Windows) the same listener loop reads
-``multiprocessing.connection`` connections instead (``_portable``); ``_transports`` chooses.
-The **worker side** (``_worker``) is the initializer, the task wrapper and the one
-``QueueHandler`` on root. The **transport** (``_transport``) is the wire format and the
-record policy. The **dispatcher** (``_dispatch``) hands rebuilt records to the parent's
-logging, inside the submitter's context (``_context``).
+This front is a thin adapter over the channel's seam (``logexec._channel``, whose docstring
+is the architecture): a ``LogChannel`` whose **listener** owns a socket in a private
+directory and reads every worker's connection and ring; a dead worker is an EOF on its own
+connection and nothing else (and the pool's manager thread is woken to notice it). The
+**worker side** is the seam's ``initialize`` (the initializer) and ``run_task`` (the task
+wrapper). The record policy is ``logexec._records``. The **dispatcher** (``_dispatch``)
+hands rebuilt records to the parent's logging, inside the submitter's context
+(``_context``).
 
 Lifecycle: ``__init__`` fixes the initializer and its arguments, as the stdlib requires.
 The socket is bound on ``__enter__`` or the first ``submit``, before any worker starts,

@@ -44,12 +44,12 @@ What keeps each guarantee:
   arrived, unless the error is a ``KilledWorker``: that run died and will never say it).
   Dask's streams are ordered (worker → scheduler → client), so the count is normally
   complete when the outcome arrives; if a batch was lost (a worker's stream to the
-  scheduler broke), the future completes after ``_dask_receiver.LATE_RECORDS_TIMEOUT`` with an error
+  scheduler broke), the future completes after ``_receiver.LATE_RECORDS_TIMEOUT`` with an error
   record that says how many are missing.
 * **Isolation**: a topic per executor, named with a random uuid; only this executor
   subscribes to it, and each record carries its task id.
 * **Nothing left behind**: shutdown unsubscribes and drops what the scheduler kept of the
-  topic (``_dask_scheduler.forget_topic``); on a worker the handler and levels live only as
+  topic (``_scheduler.forget_topic``); on a worker the handler and levels live only as
   long as one of our tasks runs there.
 * **The network thread never runs a handler**: the client's event loop and Dask's callback
   thread only put items on a queue; records are handled on our own thread.

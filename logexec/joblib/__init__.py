@@ -26,8 +26,8 @@ What logexec adds::
      dispatch by logger name, or handlers=   ── ack ──▶  (result sent after the answer)
    future done → Parallel gets the result ◀── result ──
 
-See ``_joblib_channel`` for the listener's lifetime, ``_joblib_worker`` for the worker side,
-and ``_joblib_compat`` for the joblib details this relies on.
+See ``_channel`` for the listener's lifetime, ``_worker`` for the worker side, and
+``_compat`` for the joblib details this relies on (all in ``logexec/joblib/``).
 """
 
 from __future__ import annotations
