@@ -1,7 +1,7 @@
 """Where the time goes per record: logexec's hot path, stage by stage, in one process.
 
 Not end to end: each stage is timed alone on real frames made by logexec's own transport
-(``logexec._channel._transport``, a private module: this script follows it, and may need updating
+(``logexec._records`` and ``logexec._channel``, private: this script follows them, and may need updating
 when it changes). No other process runs, so these are the costs without contention; the
 end-to-end numbers are in the other scripts. Stages, in order:
 
