@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Union
 
 from .._dispatch import Dispatcher, handle_safely
 from . import _framing, _portable, _ring
@@ -53,7 +52,7 @@ _LOGGER = logging.getLogger("logexec")
 
 
 # What a connection is: a socket, or a multiprocessing connection dressed as one (_portable).
-_Stream = Union[socket.socket, _portable.StreamConnection]
+_Stream = socket.socket | _portable.StreamConnection
 
 
 class _Connection:
