@@ -1,6 +1,7 @@
 """LoggingDaskExecutor on a loopback LocalCluster(processes=True), shared by the module.
 
-Skipped where ``distributed`` is not installed, except the test of the ImportError itself.
+Skipped where ``distributed`` is not installed, except the test of the ImportError itself:
+the unit tests of the worker's wrapper too, since ``logexec.dask``'s package imports it.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def make_executor(client: Any) -> Iterator[Callable[..., Any]]:
         executor.shutdown(wait=True, cancel_futures=True)
 
 
+def dask_private(name: str) -> Any:
+    """A private module of logexec.dask, whose package imports distributed: skipped without it."""
+    pytest.importorskip("distributed")
+    return importlib.import_module(f"logexec.dask.{name}")
+
+
 def messages(handler: ListHandler) -> list[str]:
     return handler.messages()
 
@@ -112,7 +119,7 @@ class ListSender:
 
 def run_here(sender: ListSender, task_id: int, levels: Any, fn: Callable[..., Any], *args: Any) -> Any:
     """Run the worker's task wrapper in this process, its events going to ``sender``."""
-    from logexec.dask import _worker as _dask_worker
+    _dask_worker = dask_private("_worker")
 
     return _dask_worker.execute(sender, task_id, levels, (), None, fn, args, {})
 
@@ -137,7 +144,7 @@ def test_worker_wrapper_collects_only_its_own_context() -> None:
 
 def test_worker_batches_are_bounded_and_numbered() -> None:
     """A batch never exceeds MAX_BATCH_RECORDS; sequence numbers run on; the last event has the total."""
-    from logexec.dask import _worker as _dask_worker
+    _dask_worker = dask_private("_worker")
 
     sender = ListSender()
     count = 2 * _dask_worker.MAX_BATCH_RECORDS + 10
@@ -188,7 +195,7 @@ def test_worker_silent_success_sends_nothing() -> None:
 
 def test_worker_levels_are_lowered_only_while_tasks_run() -> None:
     """Levels go down to the lowest a running task asks for, and back when the last one ends."""
-    from logexec.dask import _worker as _dask_worker
+    _dask_worker = dask_private("_worker")
 
     lease = _dask_worker._LoggingLease()
     app = logging.getLogger("tests.dask.lease")
@@ -208,7 +215,7 @@ def test_worker_levels_are_lowered_only_while_tasks_run() -> None:
 
 def test_worker_level_changed_meanwhile_is_kept() -> None:
     """A level that someone else set while a task ran is not overwritten when it ends."""
-    from logexec.dask import _worker as _dask_worker
+    _dask_worker = dask_private("_worker")
 
     lease = _dask_worker._LoggingLease()
     logging.getLogger().setLevel(logging.WARNING)
@@ -220,7 +227,7 @@ def test_worker_level_changed_meanwhile_is_kept() -> None:
 
 def test_worker_filters_by_its_own_drivers_levels() -> None:
     """A task whose driver wants WARNING gets no INFO, even while another task lowered root."""
-    from logexec.dask import _worker as _dask_worker
+    _dask_worker = dask_private("_worker")
 
     lease = _dask_worker._LEASE  # the one run_task uses, as another task would hold it
     other = lease.acquire({"": logging.DEBUG})
@@ -263,7 +270,7 @@ def test_worker_late_record_goes_to_stderr(capsys: pytest.CaptureFixture[str]) -
     """A record logged in a task's context after the task returned is written to stderr, not lost."""
     import contextvars
 
-    from logexec.dask import _worker as _dask_worker
+    _dask_worker = dask_private("_worker")
 
     release = threading.Event()
     late = threading.Thread()
@@ -410,7 +417,7 @@ def test_driver_reports_records_that_never_arrive(
     receiver: tuple[Any, FakeClient, ListHandler], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Records the count says are missing: the future completes after a timeout, with an error record."""
-    from logexec.dask import _receiver as _dask_receiver
+    _dask_receiver = dask_private("_receiver")
 
     monkeypatch.setattr(_dask_receiver, "LATE_RECORDS_TIMEOUT", 0.3)
     reports = ListHandler()
