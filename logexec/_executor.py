@@ -141,7 +141,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         *,
         max_tasks_per_child: int | None = None,
         handlers: Iterable[logging.Handler] | None = None,
-        propagate_contextvars: Iterable[Any] = (),
+        propagate_contextvars: Iterable[contextvars.ContextVar[Any]] = (),
     ) -> None:
         _check_max_workers(max_workers)
         if initializer is not None and not callable(initializer):

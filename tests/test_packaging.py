@@ -1,4 +1,4 @@
-"""What PyPI shows: the README's links work off GitHub, and the metadata says what CI runs."""
+"""What PyPI shows: the README claims no home that is not ours, and the metadata says what CI runs."""
 
 from __future__ import annotations
 
@@ -14,19 +14,40 @@ MARKDOWN_TARGET = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 HTML_TARGET = re.compile(r"""(?:href|src)=["']([^"']+)["']""")
 
 
+# Homes that are not ours: the GitHub account logexec and the Read the Docs name belong to others.
+FOREIGN_HOMES = ("github.com/logexec", "logexec.readthedocs.io")
+
+
+@pytest.mark.xfail(reason="README.md: the lead's rewrite (issue 24) removes this mark", strict=True)
 @pytest.mark.timeout(5)
-def test_readme_links_and_images_are_absolute() -> None:
-    """Every README link and image is an absolute https URL: PyPI renders the README off the repository."""
+def test_readme_links_claim_no_foreign_home_and_relative_links_exist() -> None:
+    """No README link to a home that is not ours; every relative link points at a file in the repository."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     targets = MARKDOWN_TARGET.findall(text) + HTML_TARGET.findall(text)
-    assert len(targets) >= 10
-    relative = [target for target in targets if not target.startswith("https://")]
-    assert relative == []
+    foreign = [target for target in targets if any(home in target for home in FOREIGN_HOMES)]
+    assert foreign == []
+    relative = [target.split("#", 1)[0] for target in targets if "://" not in target]
+    missing = [target for target in relative if target and not (ROOT / target).exists()]
+    assert missing == []
+
+
+@pytest.mark.timeout(5)
+def test_no_foreign_home_anywhere() -> None:
+    """No URL to a home that is not ours in metadata, mkdocs.yml, docs, benchmarks, examples, logexec."""
+    files = [ROOT / "pyproject.toml", ROOT / "mkdocs.yml", ROOT / ".readthedocs.yaml"]
+    for folder in ("docs", "benchmarks", "examples", "logexec"):
+        files += [path for path in (ROOT / folder).rglob("*") if path.suffix in {".md", ".py", ".yml"}]
+    offending = [
+        str(path.relative_to(ROOT))
+        for path in files
+        if any(home in path.read_text(encoding="utf-8") for home in FOREIGN_HOMES)
+    ]
+    assert offending == []
 
 
 @pytest.mark.timeout(5)
 def test_metadata_license_urls_and_python_versions() -> None:
-    """pyproject.toml: SPDX license and file, the four project URLs, one classifier per CPython 3.10+."""
+    """pyproject.toml: SPDX license and file, no project URLs (no home yet), a classifier per 3.10+."""
     if sys.version_info < (3, 11):
         pytest.skip("tomllib is in the standard library from 3.11")
     import tomllib
@@ -35,7 +56,7 @@ def test_metadata_license_urls_and_python_versions() -> None:
     assert project["license"] == "MIT"
     assert project["license-files"] == ["LICENSE"]
     assert not any(classifier.startswith("License ::") for classifier in project["classifiers"])
-    assert {"Homepage", "Documentation", "Changelog", "Issues"} <= set(project["urls"])
+    assert "urls" not in project
     versions = [
         classifier.rsplit(" ", 1)[1]
         for classifier in project["classifiers"]

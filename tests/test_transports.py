@@ -67,3 +67,22 @@ def test_without_an_af_unix_essential_the_portable_transport_is_chosen(
     """No AF_UNIX, or no way to read a hello or a goodbye on it (Windows): the portable transport."""
     no_switch.delattr(socket, name, raising=False)
     assert _transports.choose() == _transports.PORTABLE
+
+
+@pytest.mark.parametrize(
+    ("spelling", "ring_off"),
+    [("no", True), ("OFF", True), ("False", True), ("0", True), ("yes", False), ("On", False), ("1", False)],
+)
+def test_the_older_switch_accepts_the_usual_spellings(
+    no_switch: pytest.MonkeyPatch, spelling: str, ring_off: bool
+) -> None:
+    """LOGEXEC_SHARED_MEMORY takes 1/0, true/false, yes/no, on/off in any case (no was ignored)."""
+    no_switch.setenv(_transports.ENV_SHARED_MEMORY, spelling)
+    assert (_transports.requested() == _transports.SOCKET) is ring_off
+
+
+def test_the_older_switch_refuses_other_values(no_switch: pytest.MonkeyPatch) -> None:
+    """A value of LOGEXEC_SHARED_MEMORY that is no boolean is an error naming the variable, rule, value."""
+    no_switch.setenv(_transports.ENV_SHARED_MEMORY, "nein")
+    with pytest.raises(ValueError, match=r"LOGEXEC_SHARED_MEMORY must be one of 1/0, .*'nein'"):
+        _transports.choose()

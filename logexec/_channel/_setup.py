@@ -160,6 +160,10 @@ if hasattr(os, "register_at_fork"):  # no fork, hence no hook, on Windows
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# The handlers _reset_logging took off the inherited loggers, alive for the worker's life.
+_dropped_handlers: list[logging.Handler] = []
+
+
 def _reset_logging() -> None:
     # Under fork every logger arrives with the parent's handlers and filters; writing
     # through them would put a second writer on the parent's files, and filtering here
@@ -167,6 +171,11 @@ def _reset_logging() -> None:
     for logger in _compat.existing_loggers():
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
+            # Kept, neither closed nor flushed: collecting an inherited FileHandler would warn
+            # "unclosed file" under -X dev, and its stream's finalizer (as would close()) flushes
+            # a buffer the parent also holds, writing those bytes twice. A forked worker ends
+            # with os._exit, so they are never finalized, as in the stdlib's pool.
+            _dropped_handlers.append(handler)
         for log_filter in list(logger.filters):
             logger.removeFilter(log_filter)
         logger.propagate = True

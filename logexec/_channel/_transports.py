@@ -88,16 +88,39 @@ _AVAILABLE: dict[str, Callable[[], bool]] = {
 def requested() -> str:
     """The transport the environment asks for, or "" for the best available.
 
-    Raises ``ValueError`` for a value of ``LOGEXEC_TRANSPORT`` that names no transport.
+    Raises ``ValueError`` for a value of ``LOGEXEC_TRANSPORT`` that names no transport, or
+    of ``LOGEXEC_SHARED_MEMORY`` that is not a boolean spelling.
     """
     value = os.environ.get(ENV_TRANSPORT, "").strip().lower()
     if value:
         if value not in ORDER:
             raise ValueError(f"{ENV_TRANSPORT} must be one of {', '.join(ORDER)} (or unset), got {value!r}")
         return value
-    if os.environ.get(ENV_SHARED_MEMORY, "1") == "0":
+    if not env_flag(ENV_SHARED_MEMORY, default=True):
         return SOCKET
     return ""
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def env_flag(name: str, *, default: bool) -> bool:
+    """A boolean environment variable: unset or empty gives ``default``.
+
+    Raises ``ValueError`` for a value that is none of 1/0, true/false, yes/no, on/off
+    (any case): a misspelt switch silently ignored would look like a switch that works.
+    """
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{name} must be one of 1/0, true/false, yes/no, on/off (any case), got {os.environ[name]!r}"
+    )
 
 
 def choose() -> str:

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import logging
 import threading
 import uuid
 import weakref
@@ -150,10 +151,10 @@ class LoggingDaskExecutor(Executor):
 
     def __init__(
         self,
-        client: Any,
+        client: distributed.Client,
         *,
-        handlers: Iterable[Any] | None = None,
-        propagate_contextvars: Iterable[Any] = (),
+        handlers: Iterable[logging.Handler] | None = None,
+        propagate_contextvars: Iterable[contextvars.ContextVar[Any]] = (),
         **kwargs: Any,
     ) -> None:
         if not isinstance(client, distributed.Client):

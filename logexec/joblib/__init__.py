@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -65,7 +66,7 @@ class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # j
         nesting_level: int | None = None,
         inner_max_num_threads: int | None = None,
         *,
-        handlers: Iterable[Any] | None = None,
+        handlers: Iterable[logging.Handler] | None = None,
         **backend_kwargs: Any,
     ) -> None:
         self._logexec_user_initializer, self._logexec_user_initargs = _check_initializer(
@@ -179,7 +180,7 @@ def _check_initializer(
 def register_logexec(
     name: str = "logexec",
     *,
-    handlers: Iterable[Any] | None = None,
+    handlers: Iterable[logging.Handler] | None = None,
     make_default: bool = False,
     **backend_options: Any,
 ) -> None:

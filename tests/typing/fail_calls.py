@@ -45,3 +45,7 @@ def other_mistakes() -> None:
     LoggingProcessPoolExecutor(max_workers="2")  # E: arg-type
     ProcessPoolExecutor(max_workers="2")  # E: call-overload
     LoggingProcessPoolExecutor(2, None, None, (), None)  # E: call-arg  (the options are keyword-only)
+
+
+def not_contextvars() -> None:
+    LoggingProcessPoolExecutor(propagate_contextvars=["RID"])  # E: list-item
