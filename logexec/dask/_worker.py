@@ -43,6 +43,7 @@ import pickle
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Callable, Protocol
 
 from .. import _compat, _context, _records
@@ -116,6 +117,7 @@ class _Run:
         "_levels",
         "_sender",
         "_sent",
+        "_taken",
         "_timer_armed",
         "closed",
         "lock",
@@ -142,6 +144,16 @@ class _Run:
         # filter or formatter on the worker that logs while we hold it must not deadlock.
         self.lock = threading.RLock()
         self.closed = False
+        # The records already collected: a record may pass several filtered handlers.
+        self._taken: weakref.WeakSet[logging.LogRecord] = weakref.WeakSet()
+
+    def take(self, record: logging.LogRecord) -> bool:
+        """True the first time this record is offered to the run, False after."""
+        with self.lock:
+            if record in self._taken:
+                return False
+            self._taken.add(record)
+            return True
 
     def wants(self, record: logging.LogRecord) -> bool:
         """Would the driver's own logger have let this record through?
@@ -245,6 +257,8 @@ class _TaskHandler(logging.Handler):
         run = _RUN.get(None)
         if run is None:
             return  # not logged inside one of our tasks: not ours to take
+        if not run.take(record):
+            return  # already collected on another handler's way
         try:
             if not run.wants(record):
                 return
@@ -261,6 +275,32 @@ class _TaskHandler(logging.Handler):
             _write_to_stderr(record, "could not be collected")
 
 
+class _TaskRecordsOnlyToUs(logging.Filter):
+    """On the worker's other handlers while a task of ours runs: drops that task's records.
+
+    A worker imports the user's main module, so a module-level ``basicConfig`` or
+    ``dictConfig`` gives it handlers of its own; a task's record reaching them as well as
+    the driver would be written twice. Records logged outside our tasks pass untouched.
+    """
+
+    def __init__(self, collector: _TaskHandler) -> None:
+        super().__init__()
+        self._collector = collector
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _RUN.get(None) is None:
+            return True
+        # A logger that does not propagate (dictConfig's "propagate": False) never reaches
+        # our handler on the root: hand the record over here instead (once per record).
+        self._collector.emit(record)
+        return False
+
+
+def _is_dask_logger(name: str) -> bool:
+    # Dask's own loggers and their handlers are Dask's, not the user's: never filtered.
+    return name == "distributed" or name.startswith("distributed.")
+
+
 class _LoggingLease:
     """Installs the handler and the driver's levels while at least one task holds a lease.
 
@@ -273,6 +313,9 @@ class _LoggingLease:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._handler: _TaskHandler | None = None
+        self._filter: _TaskRecordsOnlyToUs | None = None
+        # The handlers we put that filter on, to take it off again.
+        self._filtered: list[logging.Handler] = []
         self._leases: dict[int, dict[str, int]] = {}
         self._next_lease = 0
         # Logger name -> (level before we touched it, level we set).
@@ -288,6 +331,8 @@ class _LoggingLease:
                 # First, in a new list: never skipped when another handler is removed
                 # meanwhile (see _compat.add_handler_first).
                 _compat.add_handler_first(logging.getLogger(), self._handler)
+                self._filter = _TaskRecordsOnlyToUs(self._handler)
+                self._filter_other_handlers(self._filter)
             self._apply_levels()
             return lease
 
@@ -295,9 +340,33 @@ class _LoggingLease:
         with self._lock:
             self._leases.pop(lease, None)
             self._apply_levels()
-            if not self._leases and self._handler is not None:
+            task_filter = self._filter
+            if not self._leases and self._handler is not None and task_filter is not None:
                 _compat.remove_handler(logging.getLogger(), self._handler)
                 self._handler = None
+                for handler in self._filtered:
+                    handler.removeFilter(task_filter)
+                self._filtered = []
+                self._filter = None
+
+    def _filter_other_handlers(self, task_filter: _TaskRecordsOnlyToUs) -> None:
+        # Every handler on the worker's loggers but ours and Dask's: on the root, and on
+        # named loggers (a dictConfig may put handlers there). A handler shared with a
+        # Dask logger stays unfiltered, since Dask's records must keep reaching it.
+        dask_handlers: set[int] = set()
+        others: dict[int, logging.Handler] = {}
+        for logger in _compat.existing_loggers():
+            for handler in list(logger.handlers):
+                if handler is self._handler:
+                    continue
+                if _is_dask_logger(logger.name):
+                    dask_handlers.add(id(handler))
+                else:
+                    others[id(handler)] = handler
+        for key, handler in others.items():
+            if key not in dask_handlers:
+                handler.addFilter(task_filter)
+                self._filtered.append(handler)
 
     def _apply_levels(self) -> None:
         wanted: dict[str, int] = {}
