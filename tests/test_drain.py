@@ -27,7 +27,7 @@ class SlowHandler(logging.Handler):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("transport", [_transports.PORTABLE, _transports.SOCKET])
+@pytest.mark.parametrize("transport", [_transports.PORTABLE, _transports.SOCKET, _transports.RING])
 def test_records_from_an_exit_hook_all_reach_a_slow_handler(
     monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
