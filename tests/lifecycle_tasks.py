@@ -183,3 +183,16 @@ def log_then_wait(n: int, seconds: float) -> int:
     _logged.set()
     time.sleep(seconds)
     return n
+
+
+def log_at_exit(n: int) -> int:
+    """Register an exit hook (multiprocessing's) in the worker that logs ``n`` records ("exit i")."""
+    from multiprocessing import util
+
+    def hook() -> None:
+        for i in range(n):
+            logging.getLogger("logexec.test.exit").warning("exit %d", i)
+
+    # multiprocessing's children skip atexit; its own exit hooks run, highest priority first.
+    util.Finalize(None, hook, exitpriority=100)
+    return n

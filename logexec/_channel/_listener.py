@@ -61,12 +61,14 @@ import atexit
 import contextlib
 import logging
 import os
+import select
 import selectors
 import shutil
 import socket
 import threading
 import time
 import weakref
+from typing import Any
 
 from . import _portable, _socket, _transports
 from ._accept import _open_reserve
@@ -77,6 +79,8 @@ from ._read import Reading
 # are still open (held by a process a task forked) before it closes them. One deadline for
 # the whole drain, not per event: a grandchild that keeps logging must not hold it forever.
 DRAIN_SECONDS = 2.0
+# At the give-up pass, how long to wait for more data on a connection before closing it.
+GIVE_UP_SECONDS = 0.2
 
 
 class Listener(Reading):
@@ -280,13 +284,12 @@ class Listener(Reading):
                     connection.ring.set_awake_until(0)
             with contextlib.suppress(BaseException):
                 connection.socket.setblocking(False)
-                for _ in range(64):
-                    if connection.closed:
-                        break
-                    before = connection.filled
+                # Everything readable now, and on as long as data keeps arriving: a slow
+                # handler must not cost the records already sent (one read per pass lost them
+                # on the portable transport, where a read returns one message). Bounded by
+                # GIVE_UP_SECONDS of no new data, not by a count of reads.
+                while not connection.closed and _readable(connection.socket, GIVE_UP_SECONDS):
                     self._read(selector, connection)
-                    if connection.closed or connection.filled == before:
-                        break
             with contextlib.suppress(BaseException):
                 self._read_ring(selector, connection)
         pids = sorted(connection.pid for connection in self._connections if connection.pid)
@@ -294,7 +297,8 @@ class Listener(Reading):
             self._report(
                 logging.WARNING,
                 "logexec: %d connection(s) to the log listener were still open %.1f s after the "
-                "workers exited (pids %s; a process forked by a task may still hold them); "
+                "workers exited (pids %s: still sending, e.g. from an exit hook, or held by a process "
+                "a task forked); "
                 "closed them: their later records go to those processes' stderr",
                 len(pids),
                 DRAIN_SECONDS,
@@ -369,3 +373,10 @@ def _forget_inherited_listeners() -> None:
 
 if hasattr(os, "register_at_fork"):  # no fork, hence no hook, on Windows
     os.register_at_fork(after_in_child=_forget_inherited_listeners)
+
+
+def _readable(stream: Any, timeout: float) -> bool:
+    """Whether a read on ``stream`` would return data (or EOF) within ``timeout`` seconds."""
+    if isinstance(stream, _portable.StreamConnection):
+        return stream.wait_readable(timeout)
+    return bool(select.select([stream], [], [], timeout)[0])

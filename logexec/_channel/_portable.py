@@ -99,6 +99,10 @@ class StreamConnection:
         """Whether a read would return at once."""
         return bool(self._pending) or self._connection.poll(0)
 
+    def wait_readable(self, timeout: float) -> bool:
+        """Whether a read would return (data or EOF) within ``timeout`` seconds."""
+        return bool(self._pending) or self._connection.poll(timeout)
+
     def recv_into(self, buffer: memoryview, nbytes: int = 0, flags: int = 0) -> int:
         data = self._next(self._blocking)
         size = min(len(data), len(buffer))
