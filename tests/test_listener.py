@@ -281,7 +281,7 @@ def test_a_frame_that_is_not_a_record_is_replaced_and_the_stream_goes_on(
             + _framing.encode_barrier(1)
         )
         peer.sendall(frames)
-        assert peer.recv(1) == _framing.BARRIER_ACK
+        assert peer.recv(1) == _framing.barrier_ack(1)
         peer.close()
         assert executor.submit(tasks.log_numbered, 1, 3).result(timeout=RESULT_TIMEOUT) == 3
     messages = handler.messages()

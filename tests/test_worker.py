@@ -68,7 +68,7 @@ def test_barrier_waits_for_the_answer() -> None:
     handler = _setup.WorkerHandler(channel)
     channel.begin_task(7)
     handler.handle(logging.makeLogRecord({"msg": "x"}))
-    peer.sendall(_framing.BARRIER_ACK)  # answered ahead: end_task must still send its barrier
+    peer.sendall(_framing.barrier_ack(1))  # answered ahead: end_task must still send its barrier
     channel.end_task()
     data = peer.recv(65536)
     size, _ = _framing.HEADER.unpack_from(data, 0)

@@ -20,8 +20,11 @@ HEADER = struct.Struct("!QB")
 HEADER_SIZE = HEADER.size
 KIND_RECORD = 0
 KIND_BARRIER = 1
-# The parent's answer to a barrier: every earlier frame on the connection was handled.
-BARRIER_ACK = b"\x06"
+# The parent's answer to a barrier: every earlier frame on the connection was handled. It
+# carries the barrier's number on its connection (see barrier_ack), so that a worker whose
+# wait was interrupted (a signal handler raised) never takes that late answer for the
+# answer to its next barrier.
+ACK_BIT = 0x80
 
 CHALLENGE_SIZE = 32
 DIGEST_SIZE = hashlib.sha256().digest_size
@@ -59,6 +62,16 @@ def encode_barrier(task_id: int) -> bytes:
     """Frame a barrier: "answer me once everything before this is handled"."""
     payload = TASK_ID.pack(task_id)
     return HEADER.pack(len(payload), KIND_BARRIER) + payload
+
+
+def barrier_ack(number: int) -> bytes:
+    """The answer to the ``number``-th barrier on a connection (counted from 1).
+
+    One byte, so that it is never half read; never GOODBYE, whose high bit is clear. Seven
+    bits of the number are enough: the answers still unread when a worker waits are those
+    of its barriers whose waits were interrupted since its last complete wait.
+    """
+    return bytes((ACK_BIT | (number & 0x7F),))
 
 
 def decode_barrier(payload: Any) -> int:

@@ -60,6 +60,7 @@ class _Connection:
 
     __slots__ = (
         "accepted",
+        "barriers",
         "buffer",
         "challenge",
         "closed",
@@ -87,6 +88,8 @@ class _Connection:
         self.buffer = bytearray(READ_SIZE)
         self.view = memoryview(self.buffer)
         self.filled = 0
+        # Barriers answered on this connection: the worker counts them too (barrier_ack).
+        self.barriers = 0
         # Descriptors received before the hello was complete, and the ring made of one.
         self.fds: list[int] = []
         self.ring: _ring.RingReader | None = None

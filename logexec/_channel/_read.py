@@ -270,9 +270,11 @@ class Reading(Accepting):
 
     def _answer_barrier(self, selector: selectors.BaseSelector, connection: _Connection) -> bool:
         """Answer a barrier; False if the connection had to be given up instead."""
+        connection.barriers += 1
+        answer = _framing.barrier_ack(connection.barriers)
         for attempt in range(2):
             try:
-                connection.socket.sendall(_framing.BARRIER_ACK)
+                connection.socket.sendall(answer)
             except OSError:
                 return True  # the worker died while waiting; nobody is left to answer
             except BaseException as error:

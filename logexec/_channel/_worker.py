@@ -110,6 +110,9 @@ class Channel:
         self.closed_reason = ""
         self.task_id: int | None = None
         self.records_in_task = 0
+        # Barriers sent on this connection: the listener numbers its answers the same way
+        # (_framing.barrier_ack).
+        self._barriers = 0
 
     def connect(self) -> None:
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
@@ -172,6 +175,7 @@ class Channel:
             raise
         self._socket = sock
         self._ring = self._ready_ring = ring
+        self._barriers = 0
         self._forked = False
         self._broken = False
         self.closed_reason = ""
@@ -324,6 +328,8 @@ class Channel:
                     self._ring.write_waiting(barrier, always_wake=True)
                 else:
                     self._socket.sendall(barrier)
+                self._barriers += 1
+                expected = _framing.barrier_ack(self._barriers)
             except OSError:
                 self._break()
                 return
@@ -333,8 +339,15 @@ class Channel:
                 self._send(None, None)
         try:
             # Only the task's thread reads, so no lock: other threads may log meanwhile.
-            if _receive_exactly(self._socket, 1) == _framing.GOODBYE:
-                raise ChannelClosed(_read_reason(self._socket))
+            while True:
+                answer = _receive_exactly(self._socket, 1)
+                if answer == _framing.GOODBYE:
+                    raise ChannelClosed(_read_reason(self._socket))
+                if answer == expected:
+                    break
+                # The late answer to a barrier whose wait a signal handler's exception
+                # interrupted: taking it for this one would return before our records
+                # are handled.
         except (OSError, EOFError) as error:
             # The parent is gone or its listener stopped; the result can still be sent.
             self._break()
