@@ -130,6 +130,10 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
     - Each worker costs this process one file descriptor more than the stdlib's pool.
     - If the parent dies, records not yet handled die with it; the workers' later records
       go to their stderr.
+    - Parent handlers and filters run on the listener thread, which must keep reading for
+      a task to finish: ``submit`` (and ``map``) called there raises ``RuntimeError`` at
+      once; hand such work to another thread. Waiting there on a future submitted from
+      elsewhere cannot be detected and blocks until its ``timeout``.
     """
 
     def __init__(
