@@ -130,6 +130,10 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
     - Each worker costs this process one file descriptor more than the stdlib's pool.
     - If the parent dies, records not yet handled die with it; the workers' later records
       go to their stderr.
+    - Parent handlers and filters run on the listener thread, which must keep reading for
+      a task to finish: ``submit`` (and ``map``) called there raises ``RuntimeError`` at
+      once; hand such work to another thread. Waiting there on a future submitted from
+      elsewhere cannot be detected and blocks until its ``timeout``.
     """
 
     def __init__(
@@ -193,6 +197,19 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         return self
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        if threading.current_thread() is self._logexec_listener.thread:
+            # A parent handler runs on the listener thread, which must keep reading for the
+            # task's records and its end-of-task answer: waiting on that task from here
+            # would deadlock, so refuse at once rather than hang.
+            raise RuntimeError(
+                "submit() was called on the logexec listener thread of the same executor "
+                "(from a parent handler or filter); the task could not finish while the "
+                "handler waits, since this thread must read its records: hand the work to "
+                "another thread (e.g. a queue or a separate executor) instead"
+            )
+        # Held until the task is accepted and the listener is watched, as the stdlib holds its
+        # _shutdown_lock: a concurrent shutdown() comes either before (submit raises) or after
+        # (the lifecycle thread stops the listener once the accepted task has run).
         with self._logexec_lock:
             if self._logexec_shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
@@ -208,21 +225,21 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             keep_context = len(context) > 0
             if keep_context:
                 self._logexec_dispatcher.register(task_id, context)
-        try:
-            future: Future[T] = super().submit(
-                run_task, task_id, self._logexec_addresses, captured, levels, fn, *args, **kwargs
-            )
-        except BaseException:
-            if keep_context:
-                self._logexec_dispatcher.forget(task_id)
-            raise
-        finally:
-            if self._logexec_forks:
-                # Under fork the first submit has just forked every worker; only now may
-                # our threads run (see the module docstring).
-                self._logexec_listener.start()
-            if not self._logexec_watch.started:
-                self._watch_workers()
+            try:
+                future: Future[T] = super().submit(
+                    run_task, task_id, self._logexec_addresses, captured, levels, fn, *args, **kwargs
+                )
+            except BaseException:
+                if keep_context:
+                    self._logexec_dispatcher.forget(task_id)
+                raise
+            finally:
+                if self._logexec_forks:
+                    # Under fork the first submit has just forked every worker; only now may
+                    # our threads run (see the module docstring).
+                    self._logexec_listener.start()
+                if not self._logexec_watch.started:
+                    self._watch_workers()
         if keep_context:
             future.add_done_callback(ForgetWhenDone(self._logexec_dispatcher, task_id))
         return future
