@@ -60,7 +60,7 @@ from multiprocessing.context import BaseContext
 from typing import Any, Callable, ParamSpec, TypeVar
 
 from . import _compat, _context
-from ._channel import LevelsUpdate, LogChannel, WorkerExit, current_levels, initialize, report, run_task
+from ._channel import LevelsUpdate, LogChannel, WorkerExit, current_levels, initialize, run_task
 from ._dispatch import Dispatcher, ForgetWhenDone, check_handlers
 
 T = TypeVar("T")
