@@ -19,7 +19,8 @@ ignored) get the same substitution from a prelude put in front of their script.
 Each test's outcome goes to ``--results`` as one JSON line as soon as it is known, after a
 "start" line, with the pids of the pool's processes still alive after the test
 (``leftover``: ``multiprocessing.active_children()``, after a grace period); a test that
-outlives ``--timeout`` makes faulthandler dump every thread's stack (to stderr) and exit, so the driver knows which test hung and runs the rest again.
+outlives ``--timeout`` makes faulthandler dump every thread's stack (to stderr) and exit, so
+the driver knows which test hung and runs the rest again.
 """
 
 from __future__ import annotations
