@@ -9,8 +9,11 @@ when its workers have all exited. Each lives in a private attribute unchanged fr
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing.connection
 import threading
+import time
 
 
 def existing_loggers() -> list[logging.Logger]:
@@ -109,6 +112,74 @@ def manager_thread(executor: object) -> threading.Thread | None:
     """
     thread = getattr(executor, "_executor_manager_thread", None)
     return thread if isinstance(thread, threading.Thread) else None
+
+
+def manager_failed_to_start(executor: object) -> bool:
+    """Whether ``submit`` made the pool's manager thread but could not start it.
+
+    A thread limit, or interpreter finalization (gh-109047), makes ``Thread.start`` raise
+    ``RuntimeError``; the stdlib's ``submit`` raises it, with the workers it already
+    started left waiting for work that will never come.
+    """
+    thread = manager_thread(executor)
+    return thread is not None and thread.ident is None
+
+
+# How long break_pool waits for the terminated workers to exit. SIGTERM ends a worker
+# at once unless a task blocks it; one that outlives this is the manager's to join.
+BREAK_WAIT_SECONDS = 10.0
+
+
+def break_pool(executor: object, cause: str) -> None:
+    """Break a ``ProcessPoolExecutor`` as its manager thread does when a worker dies.
+
+    Pending futures fail with ``BrokenProcessPool``, later submits raise it, and every
+    worker is terminated. Used when a thread the pool needs cannot start. A running
+    manager does it itself once it sees its workers die (so that nothing here races with
+    it); a manager that never ran, or died of an exception (3.10 and 3.11 have no
+    gh-109047 guard around the queue's feeder thread), has its ``terminate_broken`` called
+    here, on its thread object, which does not need the thread to run.
+    """
+    thread = manager_thread(executor)
+    if thread is not None and thread.is_alive():
+        terminate_workers(executor)
+    elif thread is not None and callable(getattr(thread, "terminate_broken", None)):
+        thread.terminate_broken([cause])  # type: ignore[attr-defined]
+    else:
+        terminate_workers(executor)
+
+
+def terminate_workers(executor: object) -> None:
+    """Terminate the pool's workers and wait (bounded) until they have exited, unreaped."""
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            process.terminate()
+    # Wait on the sentinels rather than join(): the manager thread reaps them, and two
+    # threads reaping one pid leave one of them with a Process that never learns its exit.
+    sentinels = []
+    for process in processes:
+        with contextlib.suppress(ValueError, AttributeError):
+            sentinels.append(process.sentinel)
+    deadline = time.monotonic() + BREAK_WAIT_SECONDS
+    while sentinels and time.monotonic() < deadline:
+        ready = multiprocessing.connection.wait(sentinels, deadline - time.monotonic())
+        sentinels = [sentinel for sentinel in sentinels if sentinel not in ready]
+
+
+def break_if_manager_died(manager: threading.Thread) -> None:
+    """After the manager thread ended: if it died of an exception, break its pool.
+
+    A manager that ends normally has joined every worker. On 3.10 and 3.11 a feeder thread
+    that cannot start kills the manager with ``RuntimeError`` instead (no gh-109047 guard),
+    leaving the futures pending and the workers waiting for ever: the stdlib pool hangs.
+    """
+    processes = getattr(manager, "processes", None) or {}
+    if not any(process.is_alive() for process in list(processes.values())):
+        return
+    terminate_broken = getattr(manager, "terminate_broken", None)
+    if callable(terminate_broken):
+        terminate_broken(["the pool's manager thread ended with an error (see the traceback above)"])
 
 
 class LevelWatch:

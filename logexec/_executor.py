@@ -60,7 +60,7 @@ from multiprocessing.context import BaseContext
 from typing import Any, Callable, ParamSpec, TypeVar
 
 from . import _compat, _context
-from ._channel import LevelsUpdate, LogChannel, WorkerExit, current_levels, initialize, report, run_task
+from ._channel import LevelsUpdate, LogChannel, WorkerExit, current_levels, initialize, run_task
 from ._dispatch import Dispatcher, ForgetWhenDone, check_handlers
 
 T = TypeVar("T")
@@ -171,6 +171,9 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         self._logexec_lock = threading.Lock()
         self._logexec_shutdown = False
         self._logexec_started = False
+        # The listener thread could not start on __enter__: each submit raises it (the
+        # stdlib's submit raises when its manager thread cannot start; __enter__ never does).
+        self._logexec_start_error: RuntimeError | None = None
         # Whether a lifecycle thread watches the pool's manager thread (see the docstring).
         self._logexec_watch = _Watch()
         self._logexec_task_ids = itertools.count()
@@ -193,7 +196,10 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
     def __enter__(self) -> LoggingProcessPoolExecutor:
         with self._logexec_lock:
             if not self._logexec_started and not self._logexec_shutdown:
-                self._start_channel()
+                try:
+                    self._start_channel()
+                except RuntimeError as error:
+                    self._logexec_start_error = error
         return self
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
@@ -214,6 +220,8 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             if self._logexec_shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
             captured = _context.capture_values(self._logexec_variables)
+            if self._logexec_start_error is not None:
+                raise self._logexec_start_error
             if not self._logexec_started:
                 self._start_channel()
             if self._logexec_level_watch.changed():
@@ -232,14 +240,15 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             except BaseException:
                 if keep_context:
                     self._logexec_dispatcher.forget(task_id)
+                if _compat.manager_failed_to_start(self):
+                    # gh-109047: the stdlib raises this RuntimeError and leaves the workers it
+                    # started waiting for ever (under fork, the interpreter's exit waits for
+                    # them). Break the pool as a dead worker would, then stop the listener.
+                    self._break_pool("the pool's manager thread could not start")
+                else:
+                    self._start_threads()
                 raise
-            finally:
-                if self._logexec_forks:
-                    # Under fork the first submit has just forked every worker; only now may
-                    # our threads run (see the module docstring).
-                    self._logexec_listener.start()
-                if not self._logexec_watch.started:
-                    self._watch_workers()
+            self._start_threads()
         if keep_context:
             future.add_done_callback(ForgetWhenDone(self._logexec_dispatcher, task_id))
         return future
@@ -254,7 +263,15 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         # The stdlib's own shutdown, exactly: from a done-callback on its manager thread
         # with wait=True it raises, as the stdlib's does, and the pool goes on; the
         # listener must go on with it, so it is stopped only after a shutdown that joined.
-        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        try:
+            super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        except RuntimeError:
+            # The stdlib's shutdown raises "cannot join thread before it is started" when
+            # its manager thread could not start; its workers were stopped by then
+            # (_break_pool), so the listener is stopped all the same.
+            if _compat.manager_failed_to_start(self):
+                self._logexec_listener.stop(wait=wait)
+            raise
         if wait or not self._logexec_watch.started:
             # Joined (or no worker ever ran): every record has reached the kernel; read it.
             self._logexec_listener.stop(wait=wait)
@@ -264,6 +281,29 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             # warns, and the child may inherit a held lock). The lifecycle thread has only
             # the listener's stop() left to return from, done just above.
             self._logexec_watch.join()
+
+    def _start_threads(self) -> None:
+        """After the pool's submit: our threads; if one cannot start, the pool breaks."""
+        try:
+            if self._logexec_forks:
+                # Under fork the first submit has just forked every worker; only now may
+                # our threads run (see the module docstring).
+                self._logexec_listener.start()
+            if not self._logexec_watch.started:
+                self._watch_workers()
+        except RuntimeError:
+            # A thread limit or interpreter finalization: the stdlib's submit raises the
+            # RuntimeError when its manager thread cannot start, and so does ours for ours;
+            # the workers must not be left behind waiting for work (or for the listener).
+            self._break_pool("a logexec thread could not start")
+            raise
+
+    def _break_pool(self, cause: str) -> None:
+        """Fail the pending work with BrokenProcessPool, stop every worker, then the listener."""
+        # Later submits raise BrokenProcessPool, as the stdlib's broken pool does.
+        _compat.break_pool(self, cause)
+        # The workers have exited (or were told to): read what they wrote, and stop.
+        self._logexec_listener.stop()
 
     def _start_channel(self) -> None:
         self._logexec_listener.open()
@@ -301,10 +341,12 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             try:
                 thread.start()
             except RuntimeError as error:
-                # No thread to be had: shutdown() still stops the listener, and a dropped
-                # executor's listener is drained at exit (_listener's atexit hook).
-                report(logging.WARNING, "logexec: could not start its lifecycle thread: %s", error)
-                return
+                # No thread to be had (a thread limit, or interpreter finalization): the
+                # caller breaks the pool, as the stdlib's submit fails when its own
+                # manager thread cannot start.
+                raise RuntimeError(
+                    f"logexec could not start its lifecycle thread ({error}); the pool is broken"
+                ) from error
             self._logexec_watch.started = True
             self._logexec_watch.thread = thread
 
@@ -328,6 +370,8 @@ class _Watch:
 
 def _stop_after(manager: threading.Thread, listener: LogChannel) -> None:
     manager.join()
+    # 3.10 and 3.11: a manager killed by a feeder thread that could not start.
+    _compat.break_if_manager_died(manager)
     listener.stop()
 
 

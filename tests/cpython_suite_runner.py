@@ -17,8 +17,10 @@ interpreter (``assert_python_ok('-c', script)``, in isolated mode, where ``PYTHO
 ignored) get the same substitution from a prelude put in front of their script.
 
 Each test's outcome goes to ``--results`` as one JSON line as soon as it is known, after a
-"start" line; a test that outlives ``--timeout`` makes faulthandler dump every thread's
-stack (to stderr) and exit, so the driver knows which test hung and runs the rest again.
+"start" line, with the pids of the pool's processes still alive after the test
+(``leftover``: ``multiprocessing.active_children()``, after a grace period); a test that
+outlives ``--timeout`` makes faulthandler dump every thread's stack (to stderr) and exit, so
+the driver knows which test hung and runs the rest again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -38,6 +41,9 @@ from typing import Any, TextIO
 # What unittest hands to addError/addFailure.
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 OptExcInfo = ExcInfo | tuple[None, None, None]
+# How long the processes still alive after a test get to exit before they count as left behind
+# (one deadline for all of them; a test that shuts its pool down has joined them already).
+LEFTOVER_GRACE_SECONDS = 5.0
 
 # A prelude for ``assert_python_ok('-c', script)``: isolated mode ignores PYTHONPATH, so the
 # paths are put back by hand, and the class is substituted as in this process. The scripts
@@ -75,6 +81,22 @@ def substitute_logexec(paths: list[str]) -> None:
 
     # The test modules import the name from script_helper, so this must precede their import.
     script_helper.assert_python_ok = assert_python_ok
+
+
+def leftover_processes() -> list[int]:
+    """Pids of this process's multiprocessing children still alive after a grace period."""
+    deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+    children = multiprocessing.active_children()
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+    pids = [child.pid for child in children if child.is_alive() and child.pid is not None]
+    for child in children:
+        if child.is_alive():
+            # Not this test's to keep: the next test must start clean, and the runner's exit
+            # must not wait for it.
+            child.kill()
+            child.join(LEFTOVER_GRACE_SECONDS)
+    return pids
 
 
 def iterate_tests(suite: unittest.TestSuite | unittest.TestCase) -> Iterator[unittest.TestCase]:
@@ -136,7 +158,14 @@ class RecordingResult(unittest.TestResult):
         outcome, detail = self._outcome.pop(test.id(), ("pass", ""))
         seconds = round(time.monotonic() - self._started, 2)
         self._write(
-            {"event": "end", "id": test.id(), "outcome": outcome, "detail": detail, "seconds": seconds}
+            {
+                "event": "end",
+                "id": test.id(),
+                "outcome": outcome,
+                "detail": detail,
+                "seconds": seconds,
+                "leftover": leftover_processes(),
+            }
         )
 
     def addError(self, test: unittest.TestCase, err: OptExcInfo) -> None:

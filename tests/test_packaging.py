@@ -18,7 +18,6 @@ HTML_TARGET = re.compile(r"""(?:href|src)=["']([^"']+)["']""")
 FOREIGN_HOMES = ("github.com/logexec", "logexec.readthedocs.io")
 
 
-@pytest.mark.xfail(reason="README.md: the lead's rewrite (issue 24) removes this mark", strict=True)
 @pytest.mark.timeout(5)
 def test_readme_links_claim_no_foreign_home_and_relative_links_exist() -> None:
     """No README link to a home that is not ours; every relative link points at a file in the repository."""

@@ -159,6 +159,8 @@ class ListenerCore:
         self._reserve_fd: int | None = None
         self._accept_paused_until = 0.0
         self._thread: threading.Thread | None = None
+        # The thread start() made (not a caller that ran the loop itself): stop() joins it.
+        self._own_thread: threading.Thread | None = None
         self._connections: list[_Connection] = []
         # The connections whose frames come through a ring.
         self._rings: list[_Connection] = []

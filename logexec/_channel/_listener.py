@@ -169,7 +169,7 @@ class Listener(Reading):
                 failure: RuntimeError | None = error
             else:
                 failure = None
-                self._thread = thread
+                self._thread = self._own_thread = thread
         if failure is not None:
             self.stop()
             raise RuntimeError(
@@ -210,6 +210,12 @@ class Listener(Reading):
         self._wake()
         if wait and thread is not None and thread is not threading.current_thread():
             self._stopped.wait()
+            if thread is self._own_thread:
+                # _stopped is set just before the thread returns, so it may still be alive
+                # (under load, for a while): join it, so that no thread of ours outlives
+                # shutdown(); a fork pool made next would fork a multi-threaded process
+                # (3.12+ counts the OS threads and warns; under -W error it fails).
+                thread.join()
 
     def _wake(self) -> None:
         writer = self._wake_writer
