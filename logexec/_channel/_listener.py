@@ -81,6 +81,10 @@ from ._read import Reading
 DRAIN_SECONDS = 2.0
 # At the give-up pass, how long to wait for more data on a connection before closing it.
 GIVE_UP_SECONDS = 0.2
+# ... and at most this long in all: a process that never stops sending (a grandchild that
+# keeps logging) must not hold the shutdown forever, while a slow handler still gets the
+# records already sent (a few seconds of them).
+GIVE_UP_LIMIT_SECONDS = 5.0
 
 
 class Listener(Reading):
@@ -283,6 +287,7 @@ class Listener(Reading):
 
     def _give_up_on_open_connections(self, selector: selectors.BaseSelector) -> None:
         # Take what they have already written, without waiting for more, then close them.
+        deadline = time.monotonic() + GIVE_UP_LIMIT_SECONDS
         for connection in list(self._connections):
             if connection.ring is not None:
                 # Asleep: the process's next write tries to wake us, fails, and it learns.
@@ -293,8 +298,13 @@ class Listener(Reading):
                 # Everything readable now, and on as long as data keeps arriving: a slow
                 # handler must not cost the records already sent (one read per pass lost them
                 # on the portable transport, where a read returns one message). Bounded by
-                # GIVE_UP_SECONDS of no new data, not by a count of reads.
-                while not connection.closed and _readable(connection.socket, GIVE_UP_SECONDS):
+                # GIVE_UP_SECONDS of no new data, not by a count of reads, and by
+                # GIVE_UP_LIMIT_SECONDS for the whole pass.
+                while (
+                    not connection.closed
+                    and time.monotonic() < deadline
+                    and _readable(connection.socket, GIVE_UP_SECONDS)
+                ):
                     self._read(selector, connection)
             with contextlib.suppress(BaseException):
                 self._read_ring(selector, connection)
