@@ -33,7 +33,9 @@ def test_readme_links_claim_no_foreign_home_and_relative_links_exist() -> None:
 @pytest.mark.timeout(5)
 def test_no_foreign_home_anywhere() -> None:
     """No URL to a home that is not ours in metadata, mkdocs.yml, docs, benchmarks, examples, logexec."""
-    files = [ROOT / "pyproject.toml", ROOT / "mkdocs.yml", ROOT / ".readthedocs.yaml"]
+    # Those present: the unpacked sdist (where the suite also runs) has no docs configuration.
+    files = [ROOT / name for name in ("pyproject.toml", "mkdocs.yml", ".readthedocs.yaml")]
+    files = [path for path in files if path.is_file()]
     for folder in ("docs", "benchmarks", "examples", "logexec"):
         files += [path for path in (ROOT / folder).rglob("*") if path.suffix in {".md", ".py", ".yml"}]
     offending = [
