@@ -79,17 +79,34 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
     ``logging.getLogger(record.name).handle(record)``, so dictConfig set-ups, per-logger
     handlers, filters and pytest's ``caplog`` apply unchanged.
 
-    Keyword-only options:
+    Args:
+        max_workers: As in the stdlib: the number of worker processes, a positive int, or
+            ``None`` for the machine's CPU count (at most 61 on Windows).
+        mp_context: As in the stdlib: a ``multiprocessing`` context (its start method is
+            the workers'), or ``None`` for the stdlib's default.
+        initializer: As in the stdlib: called in each worker when it starts, after
+            logexec's own set-up, so it can log.
+        initargs: The arguments of ``initializer``, a tuple.
+        max_tasks_per_child: As in the stdlib, which has it from 3.11 (earlier, passing it
+            fails as the stdlib fails): a worker is replaced after this many tasks, without
+            losing a record.
+        handlers: ``None`` (dispatch by logger name, the default) or a non-empty sequence
+            of ``logging.Handler`` that receive every worker record instead, each
+            respecting its own level, and never root's. ``[logging.NullHandler()]`` drops
+            them on purpose.
+        propagate_contextvars: Module-level ``contextvars.ContextVar`` objects whose values
+            at ``submit`` are set in the worker while the task runs. (Parent-side filters
+            always see the submitter's whole context, with or without this.)
 
-    - ``max_tasks_per_child``: as in the stdlib, which has it from 3.11 (earlier, passing
-      it fails as the stdlib fails).
-    - ``handlers``: ``None`` (dispatch by logger name, the default) or a non-empty sequence
-      of ``logging.Handler`` that receive every worker record instead, each respecting its
-      own level, and never root's. An empty sequence is a ``ValueError``, since it would
-      drop every record; ``[logging.NullHandler()]`` drops them on purpose.
-    - ``propagate_contextvars``: module-level ``contextvars.ContextVar`` objects whose
-      values at ``submit`` are set in the worker while the task runs. (Parent-side filters
-      always see the submitter's whole context, with or without this.)
+    Raises:
+        ValueError: ``max_workers`` is not positive, or ``handlers`` is empty (that would
+            drop every record).
+        TypeError: A parameter of the wrong type (``max_workers`` not an int,
+            ``initializer`` not callable, ``initargs`` not a tuple, ``mp_context`` not a
+            context, ``handlers`` not handlers, a ``propagate_contextvars`` item not a
+            ``ContextVar``), or a ``propagate_contextvars`` variable that is not a
+            module-level attribute of an imported module (a worker could not import it).
+            The message names the parameter and the value.
 
     Platforms: CPython 3.10 to 3.15, under every start method the platform has. On x86-64
     Linux records travel through a shared-memory ring per worker; on other POSIX systems
@@ -203,6 +220,28 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         return self
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` in a worker, as ``ProcessPoolExecutor.submit``.
+
+        The submitter's ``contextvars`` context is kept for the task's records, and the
+        parent's current logger levels go with the task if they changed.
+
+        Args:
+            fn: A picklable callable (under spawn and forkserver, importable by name).
+            *args: Its positional arguments (picklable).
+            **kwargs: Its keyword arguments (picklable).
+
+        Returns:
+            A ``Future``: when its ``result()`` returns or raises, every record the task
+            logged has been handled by the parent's logging.
+
+        Raises:
+            RuntimeError: After ``shutdown``; when called on the listener thread (from a
+                parent handler or filter of this executor, whose records that thread must
+                read); or when a thread of the pool cannot start.
+            TypeError: A ``propagate_contextvars`` value that does not pickle.
+            concurrent.futures.process.BrokenProcessPool: The pool is broken (a worker
+                died abruptly), as with the stdlib.
+        """
         if threading.current_thread() is self._logexec_listener.thread:
             # A parent handler runs on the listener thread, which must keep reading for the
             # task's records and its end-of-task answer: waiting on that task from here
@@ -254,6 +293,18 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the pool, as ``ProcessPoolExecutor.shutdown``, and then the listener.
+
+        Args:
+            wait: Return only once the pending work is done, the workers have exited and
+                every record they logged has been handled. With ``False`` the listener
+                stops by itself once the workers exit.
+            cancel_futures: Cancel the futures that have not started, as in the stdlib.
+
+        Raises:
+            RuntimeError: As the stdlib raises it (e.g. ``wait=True`` from a done-callback
+                on the pool's own manager thread); the pool and the listener go on.
+        """
         with self._logexec_lock:
             self._logexec_shutdown = True
         if wait and threading.current_thread() is self._logexec_listener.thread:

@@ -88,7 +88,8 @@ def test_import_without_distributed_names_the_extra(monkeypatch: pytest.MonkeyPa
     """Without distributed, importing logexec.dask raises an ImportError naming the extra."""
     monkeypatch.setitem(sys.modules, "distributed", None)
     monkeypatch.delitem(sys.modules, "logexec.dask", raising=False)
-    with pytest.raises(ImportError, match=r"pip install 'logexec\[dask\]'"):
+    message = r"pip install distributed \(from a checkout of logexec: pip install '\.\[dask\]'\)"
+    with pytest.raises(ImportError, match=message):
         importlib.import_module("logexec.dask")
 
 

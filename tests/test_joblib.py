@@ -15,7 +15,7 @@ import pytest
 
 from tests import joblib_tasks
 
-joblib = pytest.importorskip("joblib", reason="joblib is not installed (pip install 'logexec[joblib]')")
+joblib = pytest.importorskip("joblib", reason="joblib is not installed (pip install '.[joblib]')")
 
 from joblib import Parallel, delayed, parallel_config  # noqa: E402  # after the skip
 

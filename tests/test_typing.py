@@ -44,7 +44,7 @@ def expected_errors() -> set[tuple[int, str]]:
 
 def run_mypy(path: Path, cache: Path) -> tuple[int, str]:
     if importlib.util.find_spec("mypy") is None:
-        pytest.skip("mypy is not installed (pip install 'logexec[typing]')")
+        pytest.skip("mypy is not installed (pip install '.[typing]' from the checkout)")
     completed = subprocess.run(
         [
             sys.executable,
@@ -73,7 +73,7 @@ def run_pyright(path: Path) -> list[dict[str, object]]:
     """Pyright's error diagnostics for ``path``; skips if pyright cannot run here."""
     pyright = shutil.which("pyright")
     if pyright is None:
-        pytest.skip("pyright is not installed (pip install 'logexec[typing]')")
+        pytest.skip("pyright is not installed (pip install '.[typing]' from the checkout)")
     try:
         # The PyPI package fetches pyright's Node.js package on its first run.
         probe = subprocess.run(

@@ -73,7 +73,8 @@ try:
 except ImportError as error:
     raise ImportError(
         "logexec.dask needs Dask's 'distributed' package, an optional extra of logexec; "
-        "install it with: pip install 'logexec[dask]'"
+        "install it with: pip install distributed (from a checkout of logexec: "
+        "pip install '.[dask]')"
     ) from error
 
 from .. import _compat, _context
@@ -135,18 +136,25 @@ class LoggingDaskExecutor(Executor):
     carries ``record.dask_attempt``: 1 for the task's first attempt, 2 for the next
     (Dask's ``retries``, or a rerun after a worker was lost), and so on.
 
-    client
-        A connected, synchronous ``distributed.Client``. The executor never closes it.
-    handlers
-        ``None`` (dispatch by logger name, the default) or a sequence of ``logging.Handler``.
-    propagate_contextvars
-        Module-level ``contextvars.ContextVar`` objects, in modules the workers can import,
-        whose values at ``submit`` are set in the task while it runs. (Driver-side filters
-        always see the submitter's whole context, with or without this.)
-    **kwargs
-        Options for every ``client.submit``, as ``Client.get_executor`` takes them:
-        ``retries``, ``resources``, ``priority``, ``workers``, ``allow_other_workers``,
-        ``fifo_timeout``. ``pure`` may only be False (the default here).
+    Args:
+        client: A connected, synchronous ``distributed.Client``. The executor never closes
+            it.
+        handlers: ``None`` (dispatch by logger name, the default) or a non-empty sequence
+            of ``logging.Handler`` that receive every task record instead.
+        propagate_contextvars: Module-level ``contextvars.ContextVar`` objects, in modules
+            the workers can import, whose values at ``submit`` are set in the task while it
+            runs. (Driver-side filters always see the submitter's whole context, with or
+            without this.)
+        **kwargs: Options for every ``client.submit``, as ``Client.get_executor`` takes
+            them: ``retries``, ``resources``, ``priority``, ``workers``,
+            ``allow_other_workers``, ``fifo_timeout``. ``pure`` may only be False (the
+            default here).
+
+    Raises:
+        TypeError: ``client`` is not a synchronous ``distributed.Client``; an unknown
+            option in ``kwargs``; a parameter of the wrong type (the message names it and
+            the value).
+        ValueError: ``pure=True``, ``retries`` below 0, or an empty ``handlers``.
     """
 
     def __init__(
@@ -175,6 +183,24 @@ class LoggingDaskExecutor(Executor):
         weakref.finalize(self, self._receiver.close, False)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``fn(*args, **kwargs)`` as one Dask task (``pure=False``).
+
+        Args:
+            fn: A callable the workers can unpickle.
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments (all of them go to ``fn``; the Dask options are
+                the executor's).
+
+        Returns:
+            A ``concurrent.futures.Future``: when its ``result()`` returns or raises, every
+            record the task logged (in its last attempt and the attempts before it) has been
+            handled by this process's logging.
+
+        Raises:
+            TypeError: ``fn`` is not callable, or a ``propagate_contextvars`` value does
+                not pickle.
+            RuntimeError: After ``shutdown``.
+        """
         if not callable(fn):
             raise TypeError(f"fn must be callable, got {fn!r}")
         with self._lock:
@@ -215,6 +241,11 @@ class LoggingDaskExecutor(Executor):
 
         Then the executor's topic is unsubscribed and dropped from the scheduler. The client
         stays open: the executor did not create it.
+
+        Args:
+            wait: Return only once every submitted task has ended and its records have
+                been handled.
+            cancel_futures: Cancel the futures of the tasks that have not ended.
         """
         with self._lock:
             self._shutdown = True

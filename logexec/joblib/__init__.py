@@ -51,14 +51,23 @@ __all__ = ["LogexecBackend", "register_logexec"]
 class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # joblib is untyped
     """joblib's ``loky`` backend, with every worker's records handled by this process's logging.
 
-    Keyword-only option:
+    Every argument but ``handlers`` is ``LokyBackend``'s. ``initializer`` and ``initargs``
+    are the user's: they run in each new worker after logexec's set-up, so that they can
+    log.
 
-    handlers
-        ``None`` (dispatch each record as ``logging.getLogger(record.name).handle(record)``,
-        the default) or a sequence of ``logging.Handler`` that get every record instead.
+    Args:
+        nesting_level: As for ``LokyBackend``.
+        inner_max_num_threads: As for ``LokyBackend``.
+        handlers: ``None`` (dispatch each record as
+            ``logging.getLogger(record.name).handle(record)``, the default) or a non-empty
+            sequence of ``logging.Handler`` that get every record instead.
+        **backend_kwargs: ``LokyBackend``'s other options (``idle_worker_timeout``,
+            ``initializer``, ``initargs``, ...).
 
-    Every other argument is ``LokyBackend``'s. ``initializer`` and ``initargs`` are the
-    user's: they run in each new worker after logexec's set-up, so that they can log.
+    Raises:
+        TypeError: ``initializer`` not callable, ``initargs`` not a tuple, or ``handlers``
+            not handlers; the message names the parameter and the value.
+        ValueError: An empty ``handlers`` (that would drop every record).
     """
 
     def __init__(
@@ -186,10 +195,24 @@ def register_logexec(
 ) -> None:
     """Register the logexec joblib backend under ``name``.
 
-    ``handlers`` as for ``LogexecBackend``; ``make_default=True`` makes it joblib's default
-    backend (``joblib.register_parallel_backend``'s option of that name). Other keywords
-    are defaults for ``LogexecBackend`` (loky's options, such as ``idle_worker_timeout``,
-    and ``initializer``/``initargs``); ``parallel_config`` keywords override them per call.
+    Then ``joblib.parallel_config(backend=name)`` (or ``parallel_backend``) runs joblib's
+    and scikit-learn's ``n_jobs`` work on it, every worker record handled by this process's
+    logging.
+
+    Args:
+        name: The backend's name for ``parallel_config(backend=...)``.
+        handlers: As for ``LogexecBackend``.
+        make_default: Make it joblib's default backend
+            (``joblib.register_parallel_backend``'s option of that name).
+        **backend_options: Defaults for ``LogexecBackend`` (loky's options, such as
+            ``idle_worker_timeout``, and ``initializer``/``initargs``);
+            ``parallel_config`` keywords override them per call.
+
+    Raises:
+        TypeError: ``name`` is not a non-empty str, ``make_default`` not a bool, or
+            ``handlers``/``initializer``/``initargs`` of the wrong type (checked here, not
+            at the first ``Parallel`` call).
+        ValueError: An empty ``handlers``.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a non-empty str, got {name!r}")

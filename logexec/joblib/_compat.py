@@ -24,7 +24,8 @@ try:
     )
 except ImportError as error:
     raise ImportError(
-        "logexec.joblib needs joblib 1.3 or later; install it with: pip install 'logexec[joblib]'"
+        "logexec.joblib needs joblib 1.3 or later, an optional extra of logexec; install it "
+        "with: pip install 'joblib>=1.3' (from a checkout of logexec: pip install '.[joblib]')"
     ) from error
 
 # Re-exported for logexec.joblib, typed as Any on purpose: it is untyped.
