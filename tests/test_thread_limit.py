@@ -131,3 +131,36 @@ def test_the_thread_of_each_role_cannot_start(mp_context: Any, role: str) -> Non
         assert stdlib is not None
         still_alive(stdlib["pids"], grace=0.0)
         assert first_error(stdlib) == first_error(report), (stdlib, report)
+
+
+@pytest.mark.timeout(60)
+def test_a_listener_that_could_not_start_is_named_by_every_submit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error of the refused listener, not "called on the listener thread" (the caller's).
+
+    When the listener thread cannot start, the listener is finished on the caller's thread;
+    that thread must not then count as the listener's, or every later ``submit`` from it
+    blames a parent handler that does not exist.
+    """
+    import multiprocessing
+    import threading
+
+    from logexec import LoggingProcessPoolExecutor
+
+    original_start = threading.Thread.start
+
+    def refuse_the_listener(self: threading.Thread) -> None:
+        if self.name == "logexec-listener":
+            raise RuntimeError("can't start new thread")
+        original_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_the_listener)
+    executor = LoggingProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        executor.__enter__()
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="could not start its log listener thread"):
+                executor.submit(pow, 2, 8)
+    finally:
+        executor.shutdown(wait=True)

@@ -183,8 +183,13 @@ class Listener(Reading):
 
     @property
     def thread(self) -> threading.Thread | None:
-        """The listener thread, once started."""
-        return self._thread
+        """The listener thread, once started.
+
+        Only the thread of our own: a listener that could not start is finished by
+        ``stop()`` on the caller's thread, which must not then pass for the listener's (a
+        front refuses work from the listener thread, for its parent handlers).
+        """
+        return self._own_thread
 
     def wait_stopped(self, timeout: float | None = None) -> bool:
         """Wait until the listener has finished (every record read, everything closed)."""
