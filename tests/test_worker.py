@@ -29,7 +29,9 @@ def test_handler_is_a_queue_handler_that_writes_frames() -> None:
     channel.begin_task(41)
     token = _setup._TASK.set(41)  # as run_task does, in the task's thread
     try:
-        handler.handle(logging.makeLogRecord({"name": "w", "msg": "hi %s", "args": ("there",), "levelno": 20}))
+        handler.handle(
+            logging.makeLogRecord({"name": "w", "msg": "hi %s", "args": ("there",), "levelno": 20})
+        )
     finally:
         _setup._TASK.reset(token)
     data = peer.recv(65536)
