@@ -86,3 +86,33 @@ def log_from_threads_in_the_tasks_context(tag: str) -> str:
 
     asyncio.run(in_a_thread())
     return tag
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_ID")
+
+
+def heartbeat_requests_in_a_nested_fork_pool() -> list[str]:
+    """Run a fork pool in this worker, and return the request ids its heartbeat's records met.
+
+    The inner worker is forked by this task's thread, so it starts in this task's context.
+    """
+    import multiprocessing
+
+    from logexec import LoggingProcessPoolExecutor
+
+    seen: list[str] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(REQUEST_ID.get("-"))
+
+    logging.getLogger("tests.heartbeat").addHandler(Seen())
+    context = multiprocessing.get_context("fork")
+    with LoggingProcessPoolExecutor(1, mp_context=context, initializer=start_heartbeat) as inner:
+        token = REQUEST_ID.set("inner")
+        try:
+            future = inner.submit(log_around_a_heartbeat, "inner")
+        finally:
+            REQUEST_ID.reset(token)
+        future.result(timeout=WAIT_SECONDS)
+    return seen

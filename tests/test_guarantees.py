@@ -258,6 +258,37 @@ def test_records_of_no_task_meet_no_submitters_context_when_threads_inherit_it(s
     assert completed.stdout.splitlines() == ["first handling a", "- handling b"], completed.stderr
 
 
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="thread_inherit_context is new in 3.14")
+def test_a_worker_forked_by_a_task_starts_in_no_tasks_context() -> None:
+    """A fork pool inside a task: its workers start in no task's context, the outer one's either.
+
+    Forked by the outer task's thread, an inner worker's main thread held the outer task's
+    id; with thread_inherit_context a heartbeat thread its initializer started kept that id,
+    and took the inner task of the same number for its own.
+    """
+    script = textwrap.dedent(
+        """
+        import logging, multiprocessing, sys
+        from logexec import LoggingProcessPoolExecutor
+        from tests import context_tasks
+        if __name__ == "__main__":
+            assert sys.flags.thread_inherit_context
+            logging.getLogger().setLevel(logging.INFO)
+            with LoggingProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as outer:
+                print(outer.submit(context_tasks.heartbeat_requests_in_a_nested_fork_pool).result(timeout=60))
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-X", "thread_inherit_context=1", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == ["['-']"], completed.stderr
+
+
 def test_propagated_contextvars_are_readable_in_the_task(make_executor: Callable[..., Any]) -> None:
     """propagate_contextvars copies the submitter's values into the task, and only there."""
     with make_executor(1, propagate_contextvars=[helpers.REQUEST_ID, helpers.UNSET_VAR]) as executor:

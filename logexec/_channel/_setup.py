@@ -133,6 +133,9 @@ def initialize(
     global _channel
     channel = Channel(config)
     channel.connect()
+    # Under fork this thread's context came from the thread that forked, which may be a
+    # task of another pool's worker: that task id is not one of ours.
+    _TASK.set(None)
     _reset_logging()
     if config.levels is not None:
         apply_levels(config.levels)
