@@ -137,6 +137,7 @@ def measure(count: int, repeats: int) -> list[tuple[str, str, float]]:
     channel = _worker.Channel(_worker.WorkerConfig(b"k" * 32))
     channel._socket = writer  # no listener here: a socketpair stands in for the connection
     channel.task_id = 7
+    _setup._TASK.set(7)  # as run_task does: the records are the running task's
     root.removeHandler(null)
     root.addHandler(_setup.WorkerHandler(channel))
     rows.append(("worker", "log call through logexec's handler (total)", per_item(log_null, repeats)))

@@ -12,7 +12,19 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, Callable
+
+
+def dispatching_thread(target: Callable[[], object], name: str) -> threading.Thread:
+    """A daemon thread for ``target``, run in a context of its own, empty.
+
+    A record with no task context (logged by a worker thread that was not running a task)
+    is dispatched in the dispatching thread's own context, which must be nobody's. From 3.14
+    a new thread may start in a copy of its starter's context (``sys.flags.
+    thread_inherit_context``, on by default in free-threaded builds), and these threads are
+    started by whoever submits first: such records would meet that submitter's context.
+    """
+    return threading.Thread(target=contextvars.Context().run, args=(target,), name=name, daemon=True)
 
 
 def check_handlers(handlers: Iterable[object] | None) -> tuple[logging.Handler, ...] | None:
@@ -50,7 +62,9 @@ class Dispatcher:
     goes to exactly those handlers, each respecting its level, and never to root's.
 
     Each record runs inside the ``contextvars.Context`` of the ``submit`` call that made its
-    task, so filters that read context variables see the submitter's values.
+    task, so filters that read context variables see the submitter's values. A record with
+    no task (``task_id`` None: logged outside any task's context) runs in the calling
+    thread's context, which ``dispatching_thread`` keeps empty.
     """
 
     def __init__(self, handlers: tuple[logging.Handler, ...] | None = None) -> None:
@@ -100,8 +114,9 @@ class Dispatcher:
         if entry is None:
             entry = self._logger_for(record.name)
         logger, standard = entry
-        # The parent's levels now decide, as they would for a call made here: the worker
-        # filtered with the levels it last received, which may be older.
+        # The parent's levels and disabled flags (isEnabledFor reads both) now decide, as
+        # they would for a call made here: the worker filtered with the levels it last
+        # received, which may be older, and it ignores the disabled flags it inherited.
         if not logger.isEnabledFor(record.levelno):
             return
         handlers = self._handlers

@@ -17,7 +17,7 @@ import pytest
 
 from logexec import LoggingProcessPoolExecutor
 
-from . import helpers
+from . import context_tasks, helpers
 from .conftest import ListHandler
 
 pytestmark = pytest.mark.integration
@@ -149,6 +149,144 @@ def test_parent_filters_see_the_submitters_context(make_executor: Callable[..., 
         tag = record.getMessage().split()[-1]
         assert record.request == tag.split("/")[0], (record.request, tag)  # type: ignore[attr-defined]
     assert REQUEST.get() == "-"
+
+
+def _collect_requests() -> ListHandler:
+    """A handler on root that notes, on each record, the request id its dispatch saw."""
+    handler = ListHandler()
+    handler.addFilter(RequestFilter())
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
+    return handler
+
+
+def _submit_as(request: str, executor: Any, fn: Callable[..., Any], *args: Any) -> Any:
+    token = REQUEST.set(request)
+    try:
+        return executor.submit(fn, *args)
+    finally:
+        REQUEST.reset(token)
+
+
+def test_a_thread_that_is_not_the_task_logs_in_no_tasks_context(make_executor: Callable[..., Any]) -> None:
+    """A worker's heartbeat thread, logging in the middle of tasks, carries no task's context.
+
+    The task id was kept per process: each beat was dispatched in the context of whichever
+    task was running (issue 25, item 4).
+    """
+    handler = _collect_requests()
+    tags = [f"req-{n}" for n in range(12)]
+    with make_executor(2, initializer=context_tasks.start_heartbeat) as executor:
+        futures = [_submit_as(tag, executor, context_tasks.log_around_a_heartbeat, tag) for tag in tags]
+        assert [future.result(timeout=RESULT_TIMEOUT) for future in futures] == tags
+    beats = [record for record in handler.records if record.name == "tests.heartbeat"]
+    assert [record.request for record in beats] == ["-"] * len(tags)  # type: ignore[attr-defined]
+    records = [record for record in handler.records if record.name == "tests.worker"]
+    assert len(records) == 2 * len(tags)
+    for record in records:
+        assert record.request == record.getMessage().split()[-1]  # type: ignore[attr-defined]
+
+
+def test_a_thread_left_running_is_not_stamped_with_the_next_task(make_executor: Callable[..., Any]) -> None:
+    """A thread a task left running logs, during the next task, in no task's context."""
+    handler = _collect_requests()
+    with make_executor(1) as executor:
+        first = _submit_as("req-1", executor, context_tasks.leave_a_thread_behind, "req-1")
+        assert first.result(timeout=RESULT_TIMEOUT) == "req-1"
+        second = _submit_as("req-2", executor, context_tasks.release_the_leftover_thread, "req-2")
+        assert second.result(timeout=RESULT_TIMEOUT) == "req-2"
+    [leftover] = [record for record in handler.records if record.name == "tests.leftover"]
+    assert leftover.getMessage() == "left over by req-1"
+    assert leftover.request == "-"  # type: ignore[attr-defined]
+    requests = [record.request for record in handler.records if record.name == "tests.worker"]  # type: ignore[attr-defined]
+    assert requests == ["req-1", "req-2", "req-2"]
+
+
+def test_threads_in_the_tasks_context_keep_it(make_executor: Callable[..., Any]) -> None:
+    """Threads that run in the task's context (asyncio.to_thread, copy_context().run) are the task's."""
+    handler = _collect_requests()
+    with make_executor(1) as executor:
+        for tag in ("req-1", "req-2"):
+            future = _submit_as(tag, executor, context_tasks.log_from_threads_in_the_tasks_context, tag)
+            assert future.result(timeout=RESULT_TIMEOUT) == tag
+    records = [record for record in handler.records if record.name == "tests.worker"]
+    assert len(records) == 4
+    for record in records:
+        assert record.request == record.getMessage().split()[-1]  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="thread_inherit_context is new in 3.14")
+def test_records_of_no_task_meet_no_submitters_context_when_threads_inherit_it(start_method: str) -> None:
+    """With thread_inherit_context (the default of free-threaded 3.14), our threads start empty.
+
+    The listener thread starts inside a submitter's context; had it inherited it, every
+    record with no task context of its own would be dispatched in that submitter's.
+    """
+    script = textwrap.dedent(
+        f"""
+        import contextvars, logging, multiprocessing, sys
+        from logexec import LoggingProcessPoolExecutor
+        from tests import helpers
+        REQUEST = contextvars.ContextVar("REQUEST", default="-")
+        class RequestFilter(logging.Filter):
+            def filter(self, record):
+                record.request = REQUEST.get()
+                return True
+        if __name__ == "__main__":
+            assert sys.flags.thread_inherit_context
+            handler = logging.StreamHandler(sys.stdout)
+            handler.addFilter(RequestFilter())
+            handler.setFormatter(logging.Formatter("%(request)s %(message)s"))
+            logging.getLogger().addHandler(handler)
+            logging.getLogger().setLevel(logging.INFO)
+            REQUEST.set("first")
+            context = multiprocessing.get_context({start_method!r})
+            with LoggingProcessPoolExecutor(1, mp_context=context) as executor:
+                executor.submit(helpers.log_request, "a").result(timeout=30)
+                submit = lambda: executor.submit(helpers.log_request, "b").result(timeout=30)
+                contextvars.Context().run(submit)
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-X", "thread_inherit_context=1", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == ["first handling a", "- handling b"], completed.stderr
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="thread_inherit_context is new in 3.14")
+def test_a_worker_forked_by_a_task_starts_in_no_tasks_context() -> None:
+    """A fork pool inside a task: its workers start in no task's context, the outer one's either.
+
+    Forked by the outer task's thread, an inner worker's main thread held the outer task's
+    id; with thread_inherit_context a heartbeat thread its initializer started kept that id,
+    and took the inner task of the same number for its own.
+    """
+    script = textwrap.dedent(
+        """
+        import logging, multiprocessing, sys
+        from logexec import LoggingProcessPoolExecutor
+        from tests import context_tasks
+        if __name__ == "__main__":
+            assert sys.flags.thread_inherit_context
+            logging.getLogger().setLevel(logging.INFO)
+            with LoggingProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as outer:
+                print(outer.submit(context_tasks.heartbeat_requests_in_a_nested_fork_pool).result(timeout=60))
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-X", "thread_inherit_context=1", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == ["['-']"], completed.stderr
 
 
 def test_propagated_contextvars_are_readable_in_the_task(make_executor: Callable[..., Any]) -> None:

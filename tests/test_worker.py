@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import logging.handlers
 import socket
+import threading
 
 import pytest
 
@@ -25,13 +27,52 @@ def test_handler_is_a_queue_handler_that_writes_frames() -> None:
     handler = _setup.WorkerHandler(channel)
     assert isinstance(handler, logging.handlers.QueueHandler)
     channel.begin_task(41)
-    handler.handle(logging.makeLogRecord({"name": "w", "msg": "hi %s", "args": ("there",), "levelno": 20}))
+    token = _setup._TASK.set(41)  # as run_task does, in the task's thread
+    try:
+        handler.handle(
+            logging.makeLogRecord({"name": "w", "msg": "hi %s", "args": ("there",), "levelno": 20})
+        )
+    finally:
+        _setup._TASK.reset(token)
     data = peer.recv(65536)
     size, kind = _framing.HEADER.unpack_from(data, 0)
     assert kind == _framing.KIND_RECORD and len(data) == _framing.HEADER_SIZE + size
     task_id, record = _records.decode_record(data[_framing.HEADER_SIZE :])
     assert task_id == 41 and record.getMessage() == "hi there"
     assert channel.records_in_task == 1
+
+
+def test_only_the_running_tasks_context_carries_its_id() -> None:
+    """Another thread, or a context left from an earlier task, logs with no task id."""
+    channel, peer = _channel_with_peer()
+    handler = _setup.WorkerHandler(channel)
+
+    def log(message: str) -> None:
+        handler.handle(logging.makeLogRecord({"name": "w", "msg": message, "levelno": 20}))
+
+    channel.begin_task(5)
+    earlier = contextvars.copy_context()
+    earlier.run(_setup._TASK.set, 4)  # a thread an earlier task started in its context
+    task = contextvars.copy_context()
+    task.run(_setup._TASK.set, 5)
+    task.run(log, "the task's")
+    other = threading.Thread(target=log, args=("another thread's",))
+    other.start()
+    other.join(timeout=10)
+    earlier.run(log, "the earlier task's thread's")
+    channel.begin_task(6)  # the next task: end_task would wait for a listener's answer
+    task.run(log, "after the task")
+    ids = []
+    for _ in range(4):
+        size, _kind = _framing.HEADER.unpack_from(peer.recv(_framing.HEADER_SIZE, socket.MSG_WAITALL), 0)
+        task_id, record = _records.decode_record(peer.recv(size, socket.MSG_WAITALL))
+        ids.append((record.getMessage(), task_id))
+    assert ids == [
+        ("the task's", 5),
+        ("another thread's", None),
+        ("the earlier task's thread's", None),
+        ("after the task", None),
+    ]
 
 
 def test_unreachable_parent_sends_records_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:

@@ -70,6 +70,7 @@ import time
 import weakref
 from typing import Any
 
+from .._dispatch import dispatching_thread
 from . import _portable, _socket, _transports
 from ._accept import _open_reserve
 from ._guard import _ACCEPT, _WAKE, LOOP_ERROR_FIRST_PAUSE, report
@@ -164,7 +165,7 @@ class Listener(Reading):
         with self._lock:
             if self._thread is not None or self._stopping or self._server is None:
                 return
-            thread = threading.Thread(target=self._run, name="logexec-listener", daemon=True)
+            thread = dispatching_thread(self._run, "logexec-listener")
             try:
                 if isinstance(self._server, _portable.Server):
                     self._server.start()  # its accept thread, started when ours is (fork)

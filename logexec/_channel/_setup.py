@@ -5,10 +5,19 @@ worker's end of the channel (``_worker.Channel``), clears every handler and filt
 inherited, puts the one ``WorkerHandler`` on root and mirrors the parent's levels.
 ``run_task`` brackets each task: it applies newer levels, runs the task under its task id,
 and returns only once the parent has handled every record the task logged (the barrier).
+
+A record carries the task id only if it was logged in the task's context: by the task's
+thread, an asyncio task it runs, or a thread it starts in its context (``asyncio.to_thread``,
+``copy_context().run``, and from 3.14 a thread that inherits its starter's context), and
+only while that task runs. Records of other threads (a heartbeat, a thread an earlier task
+left running) carry none, so the parent dispatches them in no submitter's context: where
+in-process a thread would not see the caller's context variables, the parent's filters do
+not see them either.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import logging.handlers
 import os
@@ -34,11 +43,11 @@ class WorkerHandler(logging.handlers.QueueHandler):
         channel.fallback = self._to_stderr
 
     def prepare(self, record: logging.LogRecord) -> Any:
-        return _framing.encode_record(record, self._channel.task_id)
+        return _framing.encode_record(record, _task_of_caller(self._channel))
 
     def emit(self, record: logging.LogRecord) -> None:
         # For callers of emit() itself; log calls take handle() below.
-        self._channel.put(_framing.encode_record(record, self._channel.task_id), record)
+        self._channel.put(_framing.encode_record(record, _task_of_caller(self._channel)), record)
 
     def handle(self, record: logging.LogRecord) -> Any:
         # Handler.handle also takes the handler's lock around emit(). The one thing that
@@ -52,8 +61,12 @@ class WorkerHandler(logging.handlers.QueueHandler):
             if isinstance(verdict, logging.LogRecord):  # 3.12+: a filter may swap the record
                 record = verdict
         channel = self._channel
+        # _task_of_caller inlined: this runs on every log call.
+        task_id = _TASK.get()
+        if task_id != channel.task_id:
+            task_id = None
         try:
-            frame = _framing.encode_record(record, channel.task_id)
+            frame = _framing.encode_record(record, task_id)
         except Exception:
             # encode_record is built never to raise; if it did, say so the way logging
             # does (a traceback on stderr), and keep the record on stderr too.
@@ -88,6 +101,21 @@ class WorkerHandler(logging.handlers.QueueHandler):
 
 _STDERR_FORMATTER = logging.Formatter(logging.BASIC_FORMAT)
 
+# The task whose context this is, set by run_task in the task's thread. A context variable,
+# not the process's current task: a thread that does not run in the task's context (a
+# heartbeat, a thread an earlier task left running) must not take the id of whichever task
+# runs meanwhile (issue 25).
+_TASK: contextvars.ContextVar[int | None] = contextvars.ContextVar("logexec_task", default=None)
+
+
+def _task_of_caller(channel: Channel) -> int | None:
+    """The id of the task running now, if the caller is in its context; else None."""
+    task_id = _TASK.get()
+    # A thread started in a task's context keeps it after the task returns, and a process
+    # forked by a task keeps it too (its channel has no task): neither is that task's now.
+    return task_id if task_id == channel.task_id else None
+
+
 # The channel of this worker process, set by initialize().
 _channel: Channel | None = None
 # The version of the parent's levels this worker applied last (see LevelsUpdate), and the
@@ -105,6 +133,9 @@ def initialize(
     global _channel
     channel = Channel(config)
     channel.connect()
+    # Under fork this thread's context came from the thread that forked, which may be a
+    # task of another pool's worker: that task id is not one of ours.
+    _TASK.set(None)
     _reset_logging()
     if config.levels is not None:
         apply_levels(config.levels)
@@ -143,11 +174,14 @@ def run_task(
         # Unpickling this task's function imported a module that set a Logger class.
         _neutralize_logger_classes()
     channel.begin_task(task_id)
+    # Set in this thread's own context, so that call_with_values's new context copies it.
+    token = _TASK.set(task_id)
     try:
         if captured is not None:
             return _context.call_with_values(propagated, captured, fn, *args, **kwargs)
         return fn(*args, **kwargs)
     finally:
+        _TASK.reset(token)
         channel.end_task()
 
 
@@ -165,9 +199,9 @@ _dropped_handlers: list[logging.Handler] = []
 
 
 def _reset_logging() -> None:
-    # Under fork every logger arrives with the parent's handlers and filters; writing
-    # through them would put a second writer on the parent's files, and filtering here
-    # would apply them twice. The parent applies its own configuration on dispatch.
+    # Under fork every logger arrives with the parent's handlers, filters and disabled flags;
+    # writing through them would put a second writer on the parent's files, and filtering
+    # here would apply them twice. The parent applies its own configuration on dispatch.
     for logger in _compat.existing_loggers():
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
@@ -179,6 +213,9 @@ def _reset_logging() -> None:
         for log_filter in list(logger.filters):
             logger.removeFilter(log_filter)
         logger.propagate = True
+        # Under fork a logger arrives disabled if it was at the fork; the parent may enable
+        # it later, and nothing tells the worker. The parent's flags decide at dispatch.
+        logger.disabled = False
     _neutralize_logger_classes()
 
 

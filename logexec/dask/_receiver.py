@@ -26,7 +26,7 @@ from typing import Any
 from distributed import KilledWorker
 
 from .. import _records
-from .._dispatch import Dispatcher
+from .._dispatch import Dispatcher, dispatching_thread
 from . import _scheduler as _dask_scheduler
 from . import _worker as _dask_worker
 
@@ -128,7 +128,7 @@ class Receiver:
                 self._client.subscribe_topic(self.topic, self._on_event)
                 self._subscribed = True
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="logexec-dask-dispatch", daemon=True)
+                self._thread = dispatching_thread(self._run, "logexec-dask-dispatch")
                 self._thread.start()
 
     def discard(self, task: Task) -> None:
