@@ -33,7 +33,8 @@ those; a front imports nothing else from it (``tests/test_layout.py`` checks)::
 The seam, name by name:
 
 1. **A listener to start and stop.** ``LogChannel(dispatcher, on_worker_exit=None)``; its
-   ``config`` (a ``WorkerConfig``, pickled into each worker with the parent's levels);
+   ``config`` (a ``WorkerConfig``, pickled into each worker with the parent's levels: its
+   ``levels`` as the front fixed them, else those at pickling);
    ``open() -> WorkerConfig`` binds (before any worker starts); ``start()``; ``stop(wait=True)``
    only after the last worker is gone, since it reads every connection to its end;
    ``wait_stopped(timeout) -> bool``; ``thread``, ``address``, ``transport``. The channel
@@ -43,9 +44,13 @@ The seam, name by name:
    can log.
 3. **A task bracket.** Worker side: ``run_task(task_id, propagated, captured, levels, fn,
    /, *args, **kwargs)`` runs ``fn`` and returns only once the parent has handled every
-   record it logged (a barrier, sent only if it logged). ``levels`` is a ``LevelsUpdate``
-   (``(version, current_levels())``) when the parent's levels changed, else None; a front
-   that ships levels with every task uses ``apply_levels(levels)`` itself. Parent side:
+   record it logged (a barrier, sent only if it logged). ``levels`` is None while the
+   parent's levels are the base levels the front fixed in ``config.levels`` before its
+   workers started; after a change, a ``LevelsUpdate``: ``(version, level_changes(base,
+   current_levels()), disabled)``, made once per change. It names only the loggers that
+   differ from the base, so a task's size does not grow with the configured loggers, and
+   it is complete by itself, whichever updates a worker missed. A front that ships the
+   whole table with every task uses ``apply_levels(levels)`` itself. Parent side:
    ``Dispatcher.register(task_id, context)`` before the task is submitted, and
    ``ForgetWhenDone(dispatcher, task_id)`` on its future (``logexec._dispatch``), so that its
    records are handled in the submitter's ``contextvars`` context.
@@ -71,7 +76,7 @@ Inside (not for fronts): ``_listener`` (the thread, assembled from ``_guard``, `
 from ._guard import OnWorkerExit, WorkerExit, report
 from ._parent import LogChannel
 from ._setup import apply_levels, initialize, run_task
-from ._worker import Levels, LevelsUpdate, WorkerConfig, current_levels
+from ._worker import Levels, LevelsUpdate, WorkerConfig, current_levels, level_changes
 
 __all__ = [
     "Levels",
@@ -83,6 +88,7 @@ __all__ = [
     "apply_levels",
     "current_levels",
     "initialize",
+    "level_changes",
     "report",
     "run_task",
 ]

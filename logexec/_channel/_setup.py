@@ -94,6 +94,10 @@ _channel: Channel | None = None
 # loggers whose level it set, so that a level the parent unsets is unset here too.
 _levels_version = 0
 _levels_set: set[str] = set()
+# The base levels (WorkerConfig.levels) that every LevelsUpdate is relative to, and the
+# loggers the last update applied changed: one it no longer names goes back to its base.
+_base_levels: dict[str, int] = {}
+_levels_changed: set[str] = set()
 
 
 def initialize(
@@ -106,12 +110,13 @@ def initialize(
     channel = Channel(config)
     channel.connect()
     _reset_logging()
+    if not config.pickled:
+        # Under fork the levels came with the process; remember which were set, so that
+        # the base levels (or an update) that unset one unset it here too.
+        _levels_set.update(_compat.explicit_levels())
     if config.levels is not None:
         apply_levels(config.levels)
-    else:
-        # Under fork the levels came with the process; remember which were set, so that
-        # an update that unsets one unsets it here too.
-        _levels_set.update(_compat.explicit_levels())
+        _base_levels.update(config.levels[0])
     logging.getLogger().addHandler(WorkerHandler(channel))
     _channel = channel
     if user_initializer is not None:
@@ -138,7 +143,7 @@ def run_task(
         )
     if levels is not None and levels[0] > _levels_version:
         _levels_version = levels[0]
-        apply_levels(levels[1])
+        _apply_update(levels)
     if logging.getLoggerClass() not in _PLAIN_CLASSES:
         # Unpickling this task's function imported a module that set a Logger class.
         _neutralize_logger_classes()
@@ -191,6 +196,19 @@ def apply_levels(levels: Levels) -> None:
         logging.getLogger(name or None).setLevel(level)
     _levels_set.clear()
     _levels_set.update(logger_levels)
+    logging.disable(disabled)
+
+
+def _apply_update(update: LevelsUpdate) -> None:
+    """Bring the levels to the parent's as of the update: the base, with its changes."""
+    _, changes, disabled = update
+    # Only the loggers this update or the last one names: the rest are at their base.
+    for name in _levels_changed.difference(changes):
+        logging.getLogger(name or None).setLevel(_base_levels.get(name, logging.NOTSET))
+    for name, level in changes.items():
+        logging.getLogger(name or None).setLevel(level)
+    _levels_changed.clear()
+    _levels_changed.update(changes)
     logging.disable(disabled)
 
 
