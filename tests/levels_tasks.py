@@ -13,3 +13,19 @@ def levels_of(names: list[str]) -> dict[str, tuple[int, int]]:
     }
     seen["<disable>"] = (logging.root.manager.disable, 0)
     return seen
+
+
+def levels_in_a_nested_pool(name: str) -> tuple[int, int]:
+    """In a worker: make a fork pool of its own, set ``name``'s level, and read it there.
+
+    The inner workers are forked from this worker, whose level bookkeeping (the version it
+    applied last, among others) belongs to the outer pool, not to the inner one.
+    """
+    import multiprocessing
+
+    from logexec import LoggingProcessPoolExecutor
+
+    with LoggingProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as inner:
+        inner.submit(levels_of, [name]).result(timeout=60)  # the inner worker is forked now
+        logging.getLogger(name).setLevel(logging.DEBUG)
+        return inner.submit(levels_of, [name]).result(timeout=60)[name]

@@ -109,3 +109,21 @@ def test_caplog_set_level_reaches_the_workers(
             executor.submit(tasks.levels_of, names[:1]).result(timeout=RESULT_TIMEOUT)[names[0]][0]
             == logging.DEBUG
         )
+
+
+@pytest.mark.parametrize("start_method", ["fork"], indirect=True)
+def test_a_pool_forked_inside_a_worker_follows_its_own_levels(make_executor: Callable[..., Any]) -> None:
+    """A worker's own fork pool: its workers apply its level changes, not skip them as seen.
+
+    The inner workers inherit the outer worker's level bookkeeping; the outer pool's
+    changes (two versions here) must not hide the inner pool's first.
+    """
+    outer_logger = logging.getLogger("tests.levels.outer")
+    with make_executor(1) as executor:
+        for level in (logging.INFO, logging.ERROR):
+            outer_logger.setLevel(level)
+            executor.submit(tasks.levels_of, [outer_logger.name]).result(timeout=RESULT_TIMEOUT)
+        seen = executor.submit(tasks.levels_in_a_nested_pool, "tests.levels.inner").result(
+            timeout=RESULT_TIMEOUT
+        )
+    assert seen == (logging.DEBUG, logging.DEBUG)

@@ -106,10 +106,16 @@ def initialize(
     user_initargs: tuple[Any, ...],
 ) -> None:
     """Worker initializer: connect, reset logging, then run the user's initializer."""
-    global _channel
+    global _channel, _levels_version
     channel = Channel(config)
     channel.connect()
     _reset_logging()
+    # A worker forked by a worker (a pool made in a task) inherits its level bookkeeping,
+    # which belongs to the other pool: its versions would hide this pool's first updates.
+    _levels_version = 0
+    _levels_set.clear()
+    _base_levels.clear()
+    _levels_changed.clear()
     if not config.pickled:
         # Under fork the levels came with the process; remember which were set, so that
         # the base levels (or an update) that unset one unset it here too.
