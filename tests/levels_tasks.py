@@ -29,3 +29,8 @@ def levels_in_a_nested_pool(name: str) -> tuple[int, int]:
         inner.submit(levels_of, [name]).result(timeout=60)  # the inner worker is forked now
         logging.getLogger(name).setLevel(logging.DEBUG)
         return inner.submit(levels_of, [name]).result(timeout=60)[name]
+
+
+def log_info(message: str) -> None:
+    """Log ``message`` at INFO on tests.levels.init (a user initializer, or a task)."""
+    logging.getLogger("tests.levels.init").info(message)

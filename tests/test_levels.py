@@ -127,3 +127,53 @@ def test_a_pool_forked_inside_a_worker_follows_its_own_levels(make_executor: Cal
             timeout=RESULT_TIMEOUT
         )
     assert seen == (logging.DEBUG, logging.DEBUG)
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork", "forkserver"], indirect=True)
+def test_the_initializer_logs_at_the_levels_in_force_when_its_worker_starts(
+    make_executor: Callable[..., Any], collect: Callable[..., Any]
+) -> None:
+    """A level set after the pool was made, before its workers start, applies to the initializer.
+
+    The base levels are the pool's; the levels a worker starts with are those of its start.
+    """
+    executor = make_executor(1, initializer=tasks.log_info, initargs=("from the initializer",))
+    handler = collect("tests.levels.init", level=logging.INFO)  # after the base was fixed
+    with executor:
+        executor.submit(tasks.log_info, "from the task").result(timeout=RESULT_TIMEOUT)
+    assert handler.messages() == ["from the initializer", "from the task"]
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork", "forkserver"], indirect=True)
+def test_a_worker_that_started_off_the_base_applies_even_version_0(mp_context: Any) -> None:
+    """Levels changed between the base and a worker's start: the first update puts them right.
+
+    Through the seam, as a front with its own versions uses it (the joblib front sends
+    version 0 while its levels are the base): the worker started with a level the parent
+    has since unset again, so version 0, "the base", must not be taken for "already applied".
+    """
+    from logexec._channel import LogChannel, current_levels, initialize, run_task
+    from logexec._dispatch import Dispatcher
+
+    name = "tests.levels.off_base"
+    channel = LogChannel(Dispatcher(None))
+    channel.config.levels = base = current_levels()
+    config = channel.open()
+    channel.start()
+    try:
+        logging.getLogger(name).setLevel(logging.ERROR)  # in force when the worker starts
+        with ProcessPoolExecutor(
+            1, mp_context=mp_context, initializer=initialize, initargs=(config, None, ())
+        ) as pool:
+            started = pool.submit(run_task, 0, (), None, None, tasks.levels_of, [name]).result(
+                timeout=RESULT_TIMEOUT
+            )
+            logging.getLogger(name).setLevel(logging.NOTSET)  # back to the base
+            update = (0, {}, base[1])
+            after = pool.submit(run_task, 1, (), None, update, tasks.levels_of, [name]).result(
+                timeout=RESULT_TIMEOUT
+            )
+    finally:
+        channel.stop()
+    assert started[name][0] == logging.ERROR
+    assert after[name][0] == logging.NOTSET

@@ -14,8 +14,8 @@ those; a front imports nothing else from it (``tests/test_layout.py`` checks)::
  3. submit(fn, *args):                                            propagate = True
     task_id; dispatcher.register(task_id,                       • root: one QueueHandler → own channel
       contextvars.copy_context())                               • mirror the parent's levels
-    levels update if current_levels() changed
-    ─ run_task(task_id, ..., levels, fn, *args) ─────────▶  3. run_task(...): apply the levels if newer;
+    levels update (the changes from the base) if changed
+    ─ run_task(task_id, ..., levels, fn, *args) ─────────▶  3. run_task(...): apply the update if new;
                                                                 run fn; each log call: the frame is out
  listener thread ("logexec-listener")  ◀──── frames ─────        before the call returns (by task id)
    • rebuild the record (logexec._records)                      • fn done: a barrier, if it logged,
@@ -49,8 +49,9 @@ The seam, name by name:
    workers started; after a change, a ``LevelsUpdate``: ``(version, level_changes(base,
    current_levels()), disabled)``, made once per change. It names only the loggers that
    differ from the base, so a task's size does not grow with the configured loggers, and
-   it is complete by itself, whichever updates a worker missed. A front that ships the
-   whole table with every task uses ``apply_levels(levels)`` itself. Parent side:
+   it is complete by itself, whichever updates a worker missed (the joblib front sends one,
+   version 0 while unchanged, with every batch). A front that ships the whole table
+   instead uses ``apply_levels(levels)`` itself. Parent side:
    ``Dispatcher.register(task_id, context)`` before the task is submitted, and
    ``ForgetWhenDone(dispatcher, task_id)`` on its future (``logexec._dispatch``), so that its
    records are handled in the submitter's ``contextvars`` context.

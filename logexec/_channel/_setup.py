@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .. import _compat, _context
 from . import _framing
-from ._worker import Channel, Levels, LevelsUpdate, WorkerConfig
+from ._worker import Channel, Levels, LevelsUpdate, WorkerConfig, current_levels, level_changes
 
 
 class WorkerHandler(logging.handlers.QueueHandler):
@@ -112,17 +112,24 @@ def initialize(
     _reset_logging()
     # A worker forked by a worker (a pool made in a task) inherits its level bookkeeping,
     # which belongs to the other pool: its versions would hide this pool's first updates.
-    _levels_version = 0
     _levels_set.clear()
-    _base_levels.clear()
     _levels_changed.clear()
-    if not config.pickled:
+    _base_levels.clear()
+    if config.pickled and config.start_levels is not None:
+        start = config.start_levels
+        apply_levels(start)
+    else:
         # Under fork the levels came with the process; remember which were set, so that
-        # the base levels (or an update) that unset one unset it here too.
-        _levels_set.update(_compat.explicit_levels())
-    if config.levels is not None:
-        apply_levels(config.levels)
-        _base_levels.update(config.levels[0])
+        # an update that unsets one unsets it here too.
+        start = current_levels()
+        _levels_set.update(start[0])
+    base = start if config.levels is None else config.levels
+    _base_levels.update(base[0])
+    # The levels now may differ from the base (changed since the pool was made): those
+    # loggers are the ones the first update must put right, whatever it names. And if they
+    # differ at all, whichever version comes first, version 0 included, is applied.
+    _levels_changed.update(level_changes(base, start))
+    _levels_version = 0 if start == base else -1
     logging.getLogger().addHandler(WorkerHandler(channel))
     _channel = channel
     if user_initializer is not None:
@@ -147,7 +154,9 @@ def run_task(
             "logexec's task wrapper ran in a process that logexec's initializer did not set "
             "up; submit tasks through LoggingProcessPoolExecutor"
         )
-    if levels is not None and levels[0] > _levels_version:
+    # Any other version, older ones too: an update is complete by itself, and the joblib
+    # front's concurrent calls may each carry their own.
+    if levels is not None and levels[0] != _levels_version:
         _levels_version = levels[0]
         _apply_update(levels)
     if logging.getLoggerClass() not in _PLAIN_CLASSES:

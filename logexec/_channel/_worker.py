@@ -32,9 +32,9 @@ Levels = tuple[dict[str, int], int]
 # ``levels``): (version, changes, disabled). ``changes`` holds only the loggers whose level
 # differs from the base (NOTSET for one the parent unset), so a task carries what changed,
 # never the whole table: with 2,000 configured loggers and one setLevel, one entry. Every
-# task submitted after a change carries the update, and each worker applies it once per
-# version; being relative to the one base every worker starts from, an update is complete
-# by itself, whichever versions a worker saw before.
+# task submitted after a change carries the update, and each worker applies it when its
+# version is not the one it applied last; being relative to the one base every worker
+# starts from, an update is complete by itself, whichever versions a worker saw before.
 LevelsUpdate = tuple[int, dict[str, int], int]
 # The worker's connection: a socket, or a multiprocessing connection dressed as one.
 _Stream = socket.socket | _portable.StreamConnection
@@ -44,12 +44,13 @@ class WorkerConfig:
     """What a worker needs to reach its parent, and the parent's logging levels.
 
     The executor fills in ``address`` when it binds the listener, before any worker
-    starts. ``levels`` are the base levels every worker starts from: a front that sends
-    ``LevelsUpdate`` relative to them fixes them in the parent (``levels = current_levels()``)
-    before any worker starts; left None, they are captured when the config is pickled, which
-    for spawn and forkserver happens as each worker starts. Under fork nothing is pickled
-    (``pickled`` is False): the worker inherits the parent's loggers as they are, and
-    brings them to the base levels if the front fixed them.
+    starts. ``levels`` are the base levels that ``LevelsUpdate`` are relative to: a front
+    that sends updates fixes them in the parent (``levels = current_levels()``) before any
+    worker starts; None means no base (the start levels serve). A worker starts with the
+    levels in force when it starts, so that the user's initializer logs at those: captured
+    when the config is pickled (``start_levels``), which for spawn and forkserver happens as
+    each worker starts; under fork nothing is pickled (``pickled`` is False) and the worker
+    keeps the levels it inherited.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class WorkerConfig:
         levels: Levels | None = None,
         transport: str = "",
         pickled: bool = False,
+        start_levels: Levels | None = None,
     ) -> None:
         self.key = key
         self.address = address
@@ -66,10 +68,11 @@ class WorkerConfig:
         # The parent's choice (see _transports), filled in with the address; "" chooses here.
         self.transport = transport
         self.pickled = pickled
+        self.start_levels = start_levels
 
     def __reduce__(self) -> tuple[Any, ...]:
-        levels = current_levels() if self.levels is None else self.levels
-        return (WorkerConfig, (self.key, self.address, levels, self.transport, True))
+        arguments = (self.key, self.address, self.levels, self.transport, True, current_levels())
+        return (WorkerConfig, arguments)
 
 
 def current_levels() -> Levels:
