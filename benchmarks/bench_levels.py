@@ -71,6 +71,7 @@ def main() -> None:
     parser = _common.make_parser(__doc__, "smoke run: 2 rounds, a tenth of the tasks")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--loggers", type=int, default=2000, help="configured loggers (default 2000)")
+    parser.add_argument("--tasks", type=int, default=TASKS, help=f"tasks timed per trial (default {TASKS})")
     _common.add_run_arguments(parser)
     args = parser.parse_args()
     if _common.answer_trial(args, trial):
@@ -85,7 +86,7 @@ def main() -> None:
         return [
             {
                 "config": config,
-                "tasks": TASKS // scale,
+                "tasks": args.tasks // scale,
                 "workers": args.workers,
                 "loggers": args.loggers,
                 "start_method": args.start_method,
