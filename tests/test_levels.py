@@ -159,15 +159,15 @@ def test_a_worker_that_started_off_the_base_applies_even_version_0(mp_context: A
     channel = LogChannel(Dispatcher(None))
     channel.config.levels = base = current_levels()
     config = channel.open()
-    channel.start()
     try:
         logging.getLogger(name).setLevel(logging.ERROR)  # in force when the worker starts
         with ProcessPoolExecutor(
             1, mp_context=mp_context, initializer=initialize, initargs=(config, None, ())
         ) as pool:
-            started = pool.submit(run_task, 0, (), None, None, tasks.levels_of, [name]).result(
-                timeout=RESULT_TIMEOUT
-            )
+            first = pool.submit(run_task, 0, (), None, None, tasks.levels_of, [name])
+            # Only after the worker forked, as the executor does: never fork with a thread running.
+            channel.start()
+            started = first.result(timeout=RESULT_TIMEOUT)
             logging.getLogger(name).setLevel(logging.NOTSET)  # back to the base
             update = (0, {}, base[1])
             after = pool.submit(run_task, 1, (), None, update, tasks.levels_of, [name]).result(
