@@ -90,8 +90,9 @@ _STDERR_FORMATTER = logging.Formatter(logging.BASIC_FORMAT)
 
 # The channel of this worker process, set by initialize().
 _channel: Channel | None = None
-# The version of the parent's levels this worker applied last (see LevelsUpdate), and the
-# loggers whose level it set, so that a level the parent unsets is unset here too.
+# The version of the parent's levels this worker applied last (see LevelsUpdate; -1: none,
+# and the levels it started with are not the base), and the loggers whose level
+# apply_levels set, so that a level the parent unsets is unset here too.
 _levels_version = 0
 _levels_set: set[str] = set()
 # The base levels (WorkerConfig.levels) that every LevelsUpdate is relative to, and the

@@ -33,7 +33,6 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from .. import _compat
 from .._channel import LevelsUpdate, LogChannel, current_levels, initialize, level_changes
 from .._dispatch import Dispatcher, ForgetWhenDone
 
@@ -81,7 +80,6 @@ class Channel:
         # loggers that differ from them (see LevelsUpdate), never the whole table.
         self.config.levels = self._levels = current_levels()
         self._levels_update: LevelsUpdate = (0, {}, self._levels[1])
-        self._level_watch = _compat.LevelWatch()
         self._levels_lock = threading.Lock()
         # loky starts workers by fork+exec in C (or spawn, or forkserver; never a bare
         # fork), so the thread may run before the first worker exists.
@@ -98,16 +96,15 @@ class Channel:
         applies any version other than its last, so concurrent calls with different levels
         each run with their own (an update is complete by itself).
         """
+        # Read in full once per call (not per batch), as before there were updates: a level
+        # assigned to a logger's attribute directly is seen too.
+        levels = current_levels()
         with self._levels_lock:
-            if self._level_watch.changed():
-                # Arm before reading, so that a change made meanwhile is seen next time.
-                self._level_watch.arm()
-                levels = current_levels()
-                if levels != self._levels:
-                    self._levels = levels
-                    assert self.config.levels is not None  # fixed in __init__
-                    changes = level_changes(self.config.levels, levels)
-                    self._levels_update = (self._levels_update[0] + 1, changes, levels[1])
+            if levels != self._levels:
+                self._levels = levels
+                assert self.config.levels is not None  # fixed in __init__
+                changes = level_changes(self.config.levels, levels)
+                self._levels_update = (self._levels_update[0] + 1, changes, levels[1])
             return self._levels_update
 
     def next_task_id(self) -> int:
