@@ -60,7 +60,15 @@ from multiprocessing.context import BaseContext
 from typing import Any, Callable, ParamSpec, TypeVar
 
 from . import _compat, _context
-from ._channel import LevelsUpdate, LogChannel, WorkerExit, current_levels, initialize, run_task
+from ._channel import (
+    LevelsUpdate,
+    LogChannel,
+    WorkerExit,
+    current_levels,
+    initialize,
+    level_changes,
+    run_task,
+)
 from ._dispatch import Dispatcher, ForgetWhenDone, check_handlers
 
 T = TypeVar("T")
@@ -194,9 +202,11 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         # Whether a lifecycle thread watches the pool's manager thread (see the docstring).
         self._logexec_watch = _Watch()
         self._logexec_task_ids = itertools.count()
-        # Levels changed in the parent after the workers started travel with later tasks.
+        # Levels changed in the parent after the workers started travel with later tasks, as
+        # changes from these base levels, which every worker starts from (see LevelsUpdate).
         self._logexec_level_watch = _compat.LevelWatch()
-        self._logexec_levels = current_levels()
+        self._logexec_levels = self._logexec_base_levels = current_levels()
+        self._logexec_config.levels = self._logexec_base_levels
         self._logexec_levels_update: LevelsUpdate | None = None
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
@@ -370,7 +380,10 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         if levels != self._logexec_levels:
             self._logexec_levels = levels
             version = self._logexec_levels_update[0] + 1 if self._logexec_levels_update else 1
-            self._logexec_levels_update = (version, levels)
+            # Made once per change and pickled with each task: only the loggers that differ
+            # from the base, so a task's cost does not grow with the configured loggers.
+            changes = level_changes(self._logexec_base_levels, levels)
+            self._logexec_levels_update = (version, changes, levels[1])
 
     def _watch_workers(self) -> None:
         """Start the thread that stops the listener once the pool's workers have exited."""

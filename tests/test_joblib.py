@@ -426,3 +426,40 @@ class TestScikitLearn:
             sorted(fold_fits)
             == ["fit with strength 0.5 on 75 rows"] * 2 + ["fit with strength 1.0 on 75 rows"] * 2
         )
+
+
+def test_a_batch_carries_only_the_levels_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 2,000 configured loggers, a batch's size does not grow with them, set or changed."""
+    import pickle
+
+    from logexec.joblib import _compat as _joblib_compat
+
+    for index in range(2000):
+        logging.getLogger(f"tests.joblib.many.{index}").setLevel(logging.ERROR)
+    # The channel fixes its base levels when it is made: make it now, with these loggers.
+    _shut_down_loky_executor()
+    _joblib_channel.stop()
+    sizes: list[int] = []
+    submit = _joblib_compat.LokyBackendBase.submit
+
+    def spy(self: Any, func: Callable[[], Any], callback: Any = None) -> Any:
+        sizes.append(len(pickle.dumps(func)))
+        return submit(self, func, callback)
+
+    monkeypatch.setattr(_joblib_compat.LokyBackendBase, "submit", spy)
+    logging.getLogger("tests.noisy").setLevel(logging.INFO)
+    try:
+        with parallel_config(backend="logexec", n_jobs=2):
+            first = Parallel()(delayed(joblib_tasks.enabled_levels)() for _ in range(2))
+            logging.getLogger("tests.noisy").setLevel(logging.DEBUG)  # one change, as caplog.set_level makes
+            second = Parallel()(delayed(joblib_tasks.enabled_levels)() for _ in range(2))
+    finally:
+        # Later tests unset these loggers: each of their batches would carry 2,000 changes.
+        for index in range(2000):
+            logging.getLogger(f"tests.joblib.many.{index}").setLevel(logging.NOTSET)
+        _shut_down_loky_executor()
+        _joblib_channel.stop()
+    assert all("tests.noisy:DEBUG" not in enabled for enabled in first)
+    assert all("tests.noisy:DEBUG" in enabled for enabled in second)
+    # The whole table is some 50 KB; a batch of one call and one changed logger, well under 2 KB.
+    assert sizes and max(sizes) < 2000, sizes

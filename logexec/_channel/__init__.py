@@ -14,8 +14,8 @@ those; a front imports nothing else from it (``tests/test_layout.py`` checks)::
  3. submit(fn, *args):                                            propagate = True
     task_id; dispatcher.register(task_id,                       • root: one QueueHandler → own channel
       contextvars.copy_context())                               • mirror the parent's levels
-    levels update if current_levels() changed
-    ─ run_task(task_id, ..., levels, fn, *args) ─────────▶  3. run_task(...): apply the levels if newer;
+    levels update (the changes from the base) if changed
+    ─ run_task(task_id, ..., levels, fn, *args) ─────────▶  3. run_task(...): apply the update if new;
                                                                 run fn; each log call: the frame is out
  listener thread ("logexec-listener")  ◀──── frames ─────        before the call returns (by task id)
    • rebuild the record (logexec._records)                      • fn done: a barrier, if it logged,
@@ -33,7 +33,8 @@ those; a front imports nothing else from it (``tests/test_layout.py`` checks)::
 The seam, name by name:
 
 1. **A listener to start and stop.** ``LogChannel(dispatcher, on_worker_exit=None)``; its
-   ``config`` (a ``WorkerConfig``, pickled into each worker with the parent's levels);
+   ``config`` (a ``WorkerConfig``, pickled into each worker with the parent's levels: its
+   ``levels`` as the front fixed them, else those at pickling);
    ``open() -> WorkerConfig`` binds (before any worker starts); ``start()``; ``stop(wait=True)``
    only after the last worker is gone, since it reads every connection to its end;
    ``wait_stopped(timeout) -> bool``; ``thread``, ``address``, ``transport``. The channel
@@ -43,9 +44,14 @@ The seam, name by name:
    can log.
 3. **A task bracket.** Worker side: ``run_task(task_id, propagated, captured, levels, fn,
    /, *args, **kwargs)`` runs ``fn`` and returns only once the parent has handled every
-   record it logged (a barrier, sent only if it logged). ``levels`` is a ``LevelsUpdate``
-   (``(version, current_levels())``) when the parent's levels changed, else None; a front
-   that ships levels with every task uses ``apply_levels(levels)`` itself. Parent side:
+   record it logged (a barrier, sent only if it logged). ``levels`` is None while the
+   parent's levels are the base levels the front fixed in ``config.levels`` before its
+   workers started; after a change, a ``LevelsUpdate``: ``(version, level_changes(base,
+   current_levels()), disabled)``, made once per change. It names only the loggers that
+   differ from the base, so a task's size does not grow with the configured loggers, and
+   it is complete by itself, whichever updates a worker missed (the joblib front sends one,
+   version 0 while unchanged, with every batch). A front that ships the whole table
+   instead uses ``apply_levels(levels)`` itself. Parent side:
    ``Dispatcher.register(task_id, context)`` before the task is submitted, and
    ``ForgetWhenDone(dispatcher, task_id)`` on its future (``logexec._dispatch``), so that its
    records are handled in the submitter's ``contextvars`` context.
@@ -71,7 +77,7 @@ Inside (not for fronts): ``_listener`` (the thread, assembled from ``_guard``, `
 from ._guard import OnWorkerExit, WorkerExit, report
 from ._parent import LogChannel
 from ._setup import apply_levels, initialize, run_task
-from ._worker import Levels, LevelsUpdate, WorkerConfig, current_levels
+from ._worker import Levels, LevelsUpdate, WorkerConfig, current_levels, level_changes
 
 __all__ = [
     "Levels",
@@ -83,6 +89,7 @@ __all__ = [
     "apply_levels",
     "current_levels",
     "initialize",
+    "level_changes",
     "report",
     "run_task",
 ]

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from .. import _compat, _context
 from . import _framing
-from ._worker import Channel, Levels, LevelsUpdate, WorkerConfig
+from ._worker import Channel, Levels, LevelsUpdate, WorkerConfig, current_levels, level_changes
 
 
 class WorkerHandler(logging.handlers.QueueHandler):
@@ -118,10 +118,15 @@ def _task_of_caller(channel: Channel) -> int | None:
 
 # The channel of this worker process, set by initialize().
 _channel: Channel | None = None
-# The version of the parent's levels this worker applied last (see LevelsUpdate), and the
-# loggers whose level it set, so that a level the parent unsets is unset here too.
+# The version of the parent's levels this worker applied last (see LevelsUpdate; -1: none,
+# and the levels it started with are not the base), and the loggers whose level
+# apply_levels set, so that a level the parent unsets is unset here too.
 _levels_version = 0
 _levels_set: set[str] = set()
+# The base levels (WorkerConfig.levels) that every LevelsUpdate is relative to, and the
+# loggers the last update applied changed: one it no longer names goes back to its base.
+_base_levels: dict[str, int] = {}
+_levels_changed: set[str] = set()
 
 
 def initialize(
@@ -130,19 +135,33 @@ def initialize(
     user_initargs: tuple[Any, ...],
 ) -> None:
     """Worker initializer: connect, reset logging, then run the user's initializer."""
-    global _channel
+    global _channel, _levels_version
     channel = Channel(config)
     channel.connect()
     # Under fork this thread's context came from the thread that forked, which may be a
     # task of another pool's worker: that task id is not one of ours.
     _TASK.set(None)
     _reset_logging()
-    if config.levels is not None:
-        apply_levels(config.levels)
+    # A worker forked by a worker (a pool made in a task) inherits its level bookkeeping,
+    # which belongs to the other pool: its versions would hide this pool's first updates.
+    _levels_set.clear()
+    _levels_changed.clear()
+    _base_levels.clear()
+    if config.pickled and config.start_levels is not None:
+        start = config.start_levels
+        apply_levels(start)
     else:
         # Under fork the levels came with the process; remember which were set, so that
         # an update that unsets one unsets it here too.
-        _levels_set.update(_compat.explicit_levels())
+        start = current_levels()
+        _levels_set.update(start[0])
+    base = start if config.levels is None else config.levels
+    _base_levels.update(base[0])
+    # The levels now may differ from the base (changed since the pool was made): those
+    # loggers are the ones the first update must put right, whatever it names. And if they
+    # differ at all, whichever version comes first, version 0 included, is applied.
+    _levels_changed.update(level_changes(base, start))
+    _levels_version = 0 if start == base else -1
     logging.getLogger().addHandler(WorkerHandler(channel))
     _channel = channel
     if user_initializer is not None:
@@ -167,9 +186,11 @@ def run_task(
             "logexec's task wrapper ran in a process that logexec's initializer did not set "
             "up; submit tasks through LoggingProcessPoolExecutor"
         )
-    if levels is not None and levels[0] > _levels_version:
+    # Any other version, older ones too: an update is complete by itself, and the joblib
+    # front's concurrent calls may each carry their own.
+    if levels is not None and levels[0] != _levels_version:
         _levels_version = levels[0]
-        apply_levels(levels[1])
+        _apply_update(levels)
     if logging.getLoggerClass() not in _PLAIN_CLASSES:
         # Unpickling this task's function imported a module that set a Logger class.
         _neutralize_logger_classes()
@@ -228,6 +249,19 @@ def apply_levels(levels: Levels) -> None:
         logging.getLogger(name or None).setLevel(level)
     _levels_set.clear()
     _levels_set.update(logger_levels)
+    logging.disable(disabled)
+
+
+def _apply_update(update: LevelsUpdate) -> None:
+    """Bring the levels to the parent's as of the update: the base, with its changes."""
+    _, changes, disabled = update
+    # Only the loggers this update or the last one names: the rest are at their base.
+    for name in _levels_changed.difference(changes):
+        logging.getLogger(name or None).setLevel(_base_levels.get(name, logging.NOTSET))
+    for name, level in changes.items():
+        logging.getLogger(name or None).setLevel(level)
+    _levels_changed.clear()
+    _levels_changed.update(changes)
     logging.disable(disabled)
 
 

@@ -28,9 +28,14 @@ from . import _framing, _portable, _ring, _transports
 # The parent's levels: explicitly set logger levels by name ("" for root), and the level
 # given to logging.disable.
 Levels = tuple[dict[str, int], int]
-# Levels changed in the parent after the workers started: (version, levels). Sent with
-# every task submitted after a change, and applied once per version by each worker.
-LevelsUpdate = tuple[int, Levels]
+# Levels changed in the parent after its workers' base levels were fixed (WorkerConfig's
+# ``levels``): (version, changes, disabled). ``changes`` holds only the loggers whose level
+# differs from the base (NOTSET for one the parent unset), so a task carries what changed,
+# never the whole table: with 2,000 configured loggers and one setLevel, one entry. Every
+# task submitted after a change carries the update, and each worker applies it when its
+# version is not the one it applied last; being relative to the one base every worker
+# starts from, an update is complete by itself, whichever versions a worker saw before.
+LevelsUpdate = tuple[int, dict[str, int], int]
 # The worker's connection: a socket, or a multiprocessing connection dressed as one.
 _Stream = socket.socket | _portable.StreamConnection
 
@@ -39,11 +44,13 @@ class WorkerConfig:
     """What a worker needs to reach its parent, and the parent's logging levels.
 
     The executor fills in ``address`` when it binds the listener, before any worker
-    starts. Levels are captured when the config is pickled, which for spawn and forkserver
-    happens as each worker starts, so a worker mirrors the levels in force at its start.
-    Under fork nothing is pickled and the worker inherits the parent's loggers as they are.
-    Levels changed later reach the workers with the tasks submitted after the change
-    (``LevelsUpdate``).
+    starts. ``levels`` are the base levels that ``LevelsUpdate`` are relative to: a front
+    that sends updates fixes them in the parent (``levels = current_levels()``) before any
+    worker starts; None means no base (the start levels serve). A worker starts with the
+    levels in force when it starts, so that the user's initializer logs at those: captured
+    when the config is pickled (``start_levels``), which for spawn and forkserver happens as
+    each worker starts; under fork nothing is pickled (``pickled`` is False) and the worker
+    keeps the levels it inherited.
     """
 
     def __init__(
@@ -52,20 +59,34 @@ class WorkerConfig:
         address: _portable.Address = "",
         levels: Levels | None = None,
         transport: str = "",
+        pickled: bool = False,
+        start_levels: Levels | None = None,
     ) -> None:
         self.key = key
         self.address = address
         self.levels = levels
         # The parent's choice (see _transports), filled in with the address; "" chooses here.
         self.transport = transport
+        self.pickled = pickled
+        self.start_levels = start_levels
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (WorkerConfig, (self.key, self.address, current_levels(), self.transport))
+        arguments = (self.key, self.address, self.levels, self.transport, True, current_levels())
+        return (WorkerConfig, arguments)
 
 
 def current_levels() -> Levels:
     """The parent's levels as a worker mirrors them."""
     return (_compat.explicit_levels(), _compat.disabled_level())
+
+
+def level_changes(base: Levels, levels: Levels) -> dict[str, int]:
+    """The loggers whose level in ``levels`` differs from ``base`` (NOTSET: no longer set)."""
+    base_levels, current = base[0], levels[0]
+    changes = {name: level for name, level in current.items() if base_levels.get(name) != level}
+    for name in base_levels.keys() - current.keys():
+        changes[name] = logging.NOTSET
+    return changes
 
 
 class ChannelClosed(ConnectionError):

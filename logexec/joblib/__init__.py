@@ -18,7 +18,7 @@ What logexec adds::
    parent process                                     loky worker (started once, reused)
    ────────────────────────────────────────────────   ──────────────────────────────────────
    Parallel.__call__ → backend.start_call():            initializer: logexec's (connect to the
-     levels and contextvars.Context of the call           listener; root gets the one
+     levels (as changes) and contextvars.Context          listener; root gets the one
    backend.submit(batch):                                 QueueHandler; mirror levels), then
      task id → (dispatcher, context)                      the user's
      loky submit(run_batch(levels, task id, batch)) ──▶ run_batch: update levels if changed;
@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from typing import Any, Callable
 
-from .._channel import Levels
+from .._channel import LevelsUpdate
 from .._dispatch import Dispatcher, check_handlers
 from . import _channel as _joblib_channel
 from . import _compat as _joblib_compat
@@ -87,7 +87,7 @@ class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # j
         self._logexec_dispatcher = Dispatcher(check_handlers(handlers))
         self._logexec_channel: _joblib_channel.Channel | None = None
         # What the current Parallel call ships with each batch and dispatches in.
-        self._logexec_levels: Levels | None = None
+        self._logexec_levels: LevelsUpdate | None = None
         self._logexec_context: contextvars.Context | None = None
 
     def configure(
@@ -126,7 +126,9 @@ class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # j
         # On the thread that called Parallel (batches after the first are submitted from
         # loky's result thread, whose context is not the caller's).
         super().start_call()
-        self._logexec_levels = _joblib_channel.capture_levels()
+        channel = self._logexec_channel
+        # None without a channel: loky runs an n_jobs=1 call in this process.
+        self._logexec_levels = channel.levels_update() if channel is not None else None
         context = contextvars.copy_context()
         # An empty context is what the listener thread has anyway: skip the bookkeeping.
         self._logexec_context = context if len(context) else None
@@ -155,7 +157,7 @@ class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # j
         if channel is None:
             raise RuntimeError("LogexecBackend.submit was called before configure()")
         if self._logexec_levels is None:  # submitted without start_call (direct use)
-            self._logexec_levels = _joblib_channel.capture_levels()
+            self._logexec_levels = channel.levels_update()
         task_id = channel.next_task_id()
         # Routed before it is submitted: a quick batch may log before submit() returns.
         channel.dispatcher.route(task_id, self._logexec_dispatcher, self._logexec_context)

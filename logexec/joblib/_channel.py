@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from .._channel import Levels, LogChannel, current_levels, initialize
+from .._channel import LevelsUpdate, LogChannel, current_levels, initialize, level_changes
 from .._dispatch import Dispatcher, ForgetWhenDone
 
 
@@ -75,8 +75,12 @@ class Channel:
         # No worker-exit callback: loky's own manager thread watches its workers' sentinels.
         self.listener = LogChannel(self.dispatcher)
         # The same config object for every executor this channel serves (see the docstring).
-        # Levels are captured by WorkerConfig.__reduce__ when loky pickles it for a new worker.
         self.config = self.listener.open()
+        # The base levels every worker starts from, fixed now: each batch carries only the
+        # loggers that differ from them (see LevelsUpdate), never the whole table.
+        self.config.levels = self._levels = current_levels()
+        self._levels_update: LevelsUpdate = (0, {}, self._levels[1])
+        self._levels_lock = threading.Lock()
         # loky starts workers by fork+exec in C (or spawn, or forkserver; never a bare
         # fork), so the thread may run before the first worker exists.
         self.listener.start()
@@ -84,6 +88,24 @@ class Channel:
         # The executor served last; a new one gets a finalizer (see serve()).
         self._served: weakref.ref[Any] | None = None
         self._token: object = None
+
+    def levels_update(self) -> LevelsUpdate:
+        """The parent's levels now, as changes from the base; a new version when they changed.
+
+        Versions are this channel's, shared by every backend and ``Parallel`` call; a worker
+        applies any version other than its last, so concurrent calls with different levels
+        each run with their own (an update is complete by itself).
+        """
+        # Read in full once per call (not per batch), as before there were updates: a level
+        # assigned to a logger's attribute directly is seen too.
+        levels = current_levels()
+        with self._levels_lock:
+            if levels != self._levels:
+                self._levels = levels
+                assert self.config.levels is not None  # fixed in __init__
+                changes = level_changes(self.config.levels, levels)
+                self._levels_update = (self._levels_update[0] + 1, changes, levels[1])
+            return self._levels_update
 
     def next_task_id(self) -> int:
         return next(self._task_ids)  # itertools.count is atomic under the GIL
@@ -184,12 +206,6 @@ def _reset_after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # no fork, hence no hook, on Windows
     os.register_at_fork(after_in_child=_reset_after_fork_in_child)
-
-
-def capture_levels() -> Levels:
-    """The parent's logger levels, as the workers should mirror them."""
-    # The same reading of levels as WorkerConfig.__reduce__.
-    return current_levels()
 
 
 def worker_initializer() -> Any:

@@ -7,7 +7,9 @@ then runs through ``run_batch``, which
 * first brings the worker's logger levels up to date with the parent's, as they were when
   the ``Parallel`` call began: loky keeps its workers for many calls, so the levels the
   initializer applied at the worker's start go stale when the parent changes its own (a
-  test that calls ``caplog.set_level``, an application that turns on DEBUG); and
+  test that calls ``caplog.set_level``, an application that turns on DEBUG). Each batch
+  carries only the loggers that differ from the channel's base levels (``LevelsUpdate``),
+  however many loggers are configured; and
 * then runs the batch in ``logexec._channel.run_task``, which returns only once the parent has
   handled every record the batch logged ("a result means its records are handled").
 """
@@ -16,25 +18,18 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .._channel import Levels, apply_levels
+from .._channel import LevelsUpdate
 from .._channel import run_task as _run_task
 
-# The levels this worker last applied.
-_applied: Levels | None = None
 
-
-def run_batch(levels: Levels | None, task_id: int, batch: Callable[[], Any]) -> Any:
+def run_batch(levels: LevelsUpdate | None, task_id: int, batch: Callable[[], Any]) -> Any:
     """Run one joblib batch; return only after the parent has handled its records."""
-    global _applied
-    if levels is not None and levels != _applied:
-        apply_levels(levels)
-        _applied = levels
-    return run_task(task_id, batch)
+    return run_task(task_id, levels, batch)
 
 
-# Adapter to the core: the single call into logexec's task wrapper (see logexec._channel.run_task).
-# No context variables are propagated (the joblib backend has no such option), hence the
-# empty addresses and None for their captured values; levels travel with every call
-# (run_batch above), not as versioned updates.
-def run_task(task_id: int, batch: Callable[[], Any]) -> Any:
-    return _run_task(task_id, (), None, None, batch)
+# Adapter to the core: the single call into logexec's task wrapper (see logexec._channel.run_task),
+# which applies the levels update if this worker last applied another version. No context
+# variables are propagated (the joblib backend has no such option), hence the empty
+# addresses and None for their captured values.
+def run_task(task_id: int, levels: LevelsUpdate | None, batch: Callable[[], Any]) -> Any:
+    return _run_task(task_id, (), None, levels, batch)
