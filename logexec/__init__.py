@@ -21,8 +21,36 @@ cut off mid-write damages nothing else, and a slow parent holds the writers back
 of letting memory grow. See ``_channel`` for the data flow.
 """
 
+import platform
+import sys
+
 from ._executor import LoggingProcessPoolExecutor
 
 __all__ = ["LoggingProcessPoolExecutor", "__version__"]
+
+# CPython 3.14's subinterpreters (concurrent.futures.InterpreterPoolExecutor): see _interp.
+_INTERPRETERS_MISSING = ""
+if sys.version_info >= (3, 14):
+    try:
+        from ._interp import LoggingInterpreterPoolExecutor
+    except ImportError as error:  # a 3.14 built without _interpreters
+        _INTERPRETERS_MISSING = f"concurrent.interpreters cannot be imported here ({error})"
+    else:
+        __all__ = ["LoggingInterpreterPoolExecutor", "LoggingProcessPoolExecutor", "__version__"]
+else:
+    _INTERPRETERS_MISSING = f"this is {platform.python_implementation()} {platform.python_version()}"
+
+
+def __getattr__(name: str) -> object:
+    # PEP 562: only reached for a name the module lacks. ``from logexec import
+    # LoggingInterpreterPoolExecutor`` passes our ImportError on as it is, with its message.
+    if name == "LoggingInterpreterPoolExecutor" and _INTERPRETERS_MISSING:
+        raise ImportError(
+            "LoggingInterpreterPoolExecutor needs CPython 3.14 or newer "
+            f"(concurrent.futures.InterpreterPoolExecutor); {_INTERPRETERS_MISSING}",
+            name="logexec",
+        )
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
