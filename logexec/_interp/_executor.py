@@ -152,7 +152,9 @@ class LoggingInterpreterPoolExecutor(InterpreterPoolExecutor):
         if wait and threading.current_thread() is reader.thread:
             wait = False  # the interpreters' last barriers wait for this very thread
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
-        reader.stop_when_idle()
+        # Joined: every interpreter is closed, its last barrier answered; nothing more can
+        # come, whatever the count of goodbyes says.
+        reader.stop_when_idle(closed=wait)
         if wait:
             # Every interpreter is closed: each said goodbye after its last barrier.
             reader.join()
@@ -190,6 +192,7 @@ class _Reader:
         self._pending = 0
         self._live = 0
         self._stopping = False
+        self._closed = False
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -209,9 +212,10 @@ class _Reader:
         with self._lock:
             self._pending -= 1
 
-    def stop_when_idle(self) -> None:
+    def stop_when_idle(self, closed: bool = False) -> None:
         with self._lock:
             self._stopping = True
+            self._closed = self._closed or closed
             if self.thread is None:
                 self.stopped.put_nowait(1)
 
@@ -222,7 +226,7 @@ class _Reader:
 
     def _idle_and_told(self) -> bool:
         with self._lock:
-            return self._stopping and self._pending == 0 and self._live == 0
+            return self._closed or (self._stopping and self._pending == 0 and self._live == 0)
 
     def _run(self) -> None:
         get = self.records.get_nowait
