@@ -160,14 +160,12 @@ def main() -> None:
         calls = per_call_costs(options.records, Path(folder))
     total = options.records * 2
     baseline = total / statistics.median(times["in-process"])
-    print(
-        f"# Issue 22: subinterpreters into one FileHandler ({platform.python_version()}, {os.cpu_count()} CPUs)"
-    )
+    where = f"{platform.python_version()}, {os.cpu_count()} CPUs"
+    print(f"# Issue 22: subinterpreters into one FileHandler ({where})")
     print()
-    print(
-        f"{total} records per run (2 x {options.records}; in-process: one thread), {options.rounds} interleaved"
-    )
-    print("rounds, median; each run includes starting and closing its interpreters; every file checked.")
+    print(f"{total} records per run (2 x {options.records}; in-process: one thread),")
+    print(f"{options.rounds} interleaved rounds, median; each run includes starting and closing its")
+    print("interpreters; every file checked.")
     print()
     print("| configuration | records/s (median) | vs in-process |")
     print("|---|---:|---:|")
