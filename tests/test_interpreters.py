@@ -258,3 +258,18 @@ def test_dropped_without_shutdown_its_reader_stops(collect: Collect) -> None:
         time.sleep(0.05)
     assert _readers() == before
     assert [r.getMessage() for r in collect.records] == ["task record 0"]
+
+
+@needs_314
+def test_a_full_queue_holds_the_tasks_back_and_loses_nothing(
+    collect: Collect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More records than the queue holds, a slow handler: the writers wait, every record arrives."""
+    from logexec._interp import _executor as interp_executor
+
+    monkeypatch.setattr(interp_executor, "QUEUE_SIZE", 4)
+    collect.delay = 0.001
+    with _executor(max_workers=2) as executor:
+        futures = [executor.submit(interp_tasks.log_some, 50, f"full{n}") for n in range(2)]
+        assert [f.result(timeout=60) for f in futures] == [50, 50]
+    assert len(collect.records) == 100

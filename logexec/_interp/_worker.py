@@ -116,18 +116,9 @@ class InterpreterHandler(logging.Handler):
         if state.stopped.qsize():
             self._to_stderr(record)
             return True
-        put = state.records.put_nowait
-        delay = FIRST_DELAY
-        while True:
-            try:
-                put(payload)
-                break
-            except QueueFull:  # the reader is behind: wait for room
-                if state.stopped.qsize():
-                    self._to_stderr(record)
-                    return True
-                time.sleep(delay)
-                delay = min(delay * 2, LAST_DELAY)
+        if not _put(state, payload):
+            self._to_stderr(record)
+            return True
         state.dirty = True
         return True
 
@@ -169,7 +160,7 @@ def initialize(
         apply_levels(link.levels)
     logging.getLogger().addHandler(InterpreterHandler(state))
     _state = state
-    state.records.put_nowait((HELLO, state.answers_id))
+    _put(state, (HELLO, state.answers_id))
     # Runs when the pool closes this interpreter, after its non-daemon threads are joined.
     atexit.register(_goodbye, state)
     if user_initializer is not None:
@@ -218,7 +209,8 @@ def _barrier(state: _State, kind: int) -> None:
     state.dirty = False
     state.barriers += 1
     number = state.barriers
-    state.records.put_nowait((kind, state.answers_id, number))
+    if not _put(state, (kind, state.answers_id, number)):
+        return
     get = state.answers.get_nowait
     delay = FIRST_DELAY
     while True:
@@ -232,3 +224,18 @@ def _barrier(state: _State, kind: int) -> None:
             continue
         if answer == number:
             return
+
+
+def _put(state: _State, item: object) -> bool:
+    """Put ``item`` on the records queue, waiting while it is full; False if the reader stopped."""
+    put = state.records.put_nowait
+    delay = FIRST_DELAY
+    while True:
+        try:
+            put(item)
+            return True
+        except QueueFull:  # the reader is behind: wait for room (a slow parent holds us back)
+            if state.stopped.qsize():
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, LAST_DELAY)
