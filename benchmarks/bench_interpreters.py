@@ -175,7 +175,7 @@ def main() -> None:
         print(f"| {name} | {rate:,.0f} | {rate / baseline:.2f}x |")
     print()
     calls_made = min(options.records, QUEUE_SIZE // 2)
-    print(f"Cost per log call inside an interpreter ({calls_made} calls, one task, median of one run):")
+    print(f"Cost per log call inside an interpreter ({calls_made} calls, one task):")
     print()
     print("| handler in the interpreter | µs per call |")
     print("|---|---:|")

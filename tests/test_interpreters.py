@@ -273,3 +273,39 @@ def test_a_full_queue_holds_the_tasks_back_and_loses_nothing(
         futures = [executor.submit(interp_tasks.log_some, 50, f"full{n}") for n in range(2)]
         assert [f.result(timeout=60) for f in futures] == [50, 50]
     assert len(collect.records) == 100
+
+
+@needs_314
+def test_a_script_that_never_shuts_down_still_handles_every_record(tmp_path: Path) -> None:
+    """No with, no shutdown(): the pool's exit hook closes the interpreters, each read to its end."""
+    log_file = tmp_path / "app.log"
+    script = tmp_path / "app.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import logging
+            from logexec import LoggingInterpreterPoolExecutor
+            from tests import interp_tasks
+            logging.basicConfig(filename={str(log_file)!r}, format="PARENT %(message)s")
+            executor = LoggingInterpreterPoolExecutor(2)
+            futures = [executor.submit(interp_tasks.log_some, 3) for _ in range(4)]
+            executor.submit(interp_tasks.log_from_late_thread)
+            print("submitted")
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = log_file.read_text().splitlines()
+    assert sorted(lines) == sorted(
+        ["PARENT after the task returned"] + [f"PARENT task record {i}" for i in range(3)] * 4
+    )

@@ -172,9 +172,9 @@ class LoggingInterpreterPoolExecutor(InterpreterPoolExecutor):
 class _Reader:
     """The main interpreter's thread that reads the records queue, dispatches and answers.
 
-    It holds no reference to the executor. It stops once told to (shutdown, or the executor
-    was dropped) and nothing can still put a record: no task pending, every interpreter
-    gone (each says goodbye when closed, after its last barrier).
+    It holds no reference to the executor. It stops once told to (shutdown, the executor was
+    dropped, or the main thread has ended) and nothing can still put a record: no task
+    pending, every interpreter gone (each says goodbye when closed, after its last barrier).
     """
 
     def __init__(self, dispatcher: Dispatcher, workers: int) -> None:
@@ -197,10 +197,13 @@ class _Reader:
 
     def start(self) -> None:
         if self.thread is None:
-            # A daemon: at exit the pool's own exit hook closes every interpreter (each
-            # waiting for this thread to answer its last barrier) before the interpreter's
-            # atexit callbacks, logging.shutdown among them, run.
-            thread = threading.Thread(target=self._run, name="logexec-interpreters", daemon=True)
+            # Not a daemon: a daemon thread frozen by the interpreter's finalization inside a
+            # queue call holds the queues' lock, and finalization then waits for it for ever
+            # (measured: a script that never called shutdown() hung at exit). At exit the
+            # pool's own exit hook closes every interpreter first (each waits for this thread
+            # to answer its last barrier); then, the main thread gone and nothing pending,
+            # this thread ends and the interpreter's join of it returns.
+            thread = threading.Thread(target=self._run, name="logexec-interpreters", daemon=False)
             thread.start()
             self.thread = thread
 
@@ -226,7 +229,8 @@ class _Reader:
 
     def _idle_and_told(self) -> bool:
         with self._lock:
-            return self._closed or (self._stopping and self._pending == 0 and self._live == 0)
+            told = self._stopping or not threading.main_thread().is_alive()
+            return self._closed or (told and self._pending == 0 and self._live == 0)
 
     def _run(self) -> None:
         get = self.records.get_nowait
