@@ -118,6 +118,36 @@ def run_in_process(path: Path, per_task: int) -> float:
         _unconfigure(handler)
 
 
+def quiet_handler_cost(count: int, records: object, answers: object, stopped: object) -> float:
+    """In an interpreter: logexec's handler with no reader running (encode and put, uncontended)."""
+    from logexec._interp import _worker
+
+    answer_queue = answers.get_nowait()  # type: ignore[attr-defined]
+    link = _worker.Link(records, answers, stopped)  # type: ignore[arg-type]
+    handler = _worker.InterpreterHandler(_worker._State(link, answer_queue))
+    log = logging.getLogger(LOGGER + ".quiet")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.addHandler(handler)
+    start = time.perf_counter()
+    for seq in range(count):
+        log.info("src=%d seq=%d %s", 0, seq, PAD)
+    return time.perf_counter() - start
+
+
+def _quiet_cost(count: int) -> float:
+    from concurrent import interpreters
+
+    records, answers, stopped = (interpreters.create_queue() for _ in range(3))
+    answers.put_nowait(interpreters.create_queue())
+    interpreter = interpreters.create()
+    try:
+        seconds: float = interpreter.call(quiet_handler_cost, count, records, answers, stopped)
+    finally:
+        interpreter.close()
+    return seconds
+
+
 def per_call_costs(per_task: int, folder: Path) -> dict[str, float]:
     """Microseconds per log call inside an interpreter (one task, timed by itself).
 
@@ -130,6 +160,7 @@ def per_call_costs(per_task: int, folder: Path) -> dict[str, float]:
         costs["logexec handler (record encoded onto the queue)"] = executor.submit(
             log_records, per_task, 0
         ).result()
+    costs["logexec handler, no reader running (encode and put alone)"] = _quiet_cost(per_task)
     own = str(folder / "per-call-own.log")
     with InterpreterPoolExecutor(1, initializer=own_file_handler, initargs=(own,)) as executor:
         executor.submit(log_records, 100, 0).result()
