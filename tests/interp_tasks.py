@@ -1,0 +1,71 @@
+"""Tasks for tests/test_interpreters.py: module-level, since each interpreter imports them."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger("tests.interp")
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST_ID")
+
+
+class Unpicklable:
+    """An object that refuses to pickle, with a recognisable repr."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Unpicklable refuses to pickle")
+
+    def __repr__(self) -> str:
+        return "<Unpicklable marker>"
+
+
+def log_some(count: int, tag: str = "task") -> int:
+    for index in range(count):
+        log.warning("%s record %d", tag, index)
+    return count
+
+
+def log_then_raise() -> None:
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        log.exception("it failed here")
+    raise ValueError("the task's own error")
+
+
+def log_info_and_warning() -> bool:
+    log.info("an info record")
+    log.warning("a warning record")
+    return log.isEnabledFor(logging.INFO)
+
+
+def log_unpicklable_extra() -> None:
+    log.warning("with an odd extra", extra={"odd": Unpicklable(), "plain": 7})
+
+
+def log_from_thread() -> str:
+    thread = threading.Thread(target=log.warning, args=("from a thread of the task",), name="task-thread")
+    thread.start()
+    thread.join(timeout=30)
+    return "joined"
+
+
+def log_from_late_thread() -> str:
+    def late() -> None:
+        time.sleep(0.3)
+        log.warning("after the task returned")
+
+    threading.Thread(target=late, name="late-thread").start()
+    return "started"
+
+
+def log_in_initializer(text: str) -> None:
+    log.warning("initializer says %s", text)
+
+
+def read_request_id() -> str:
+    return REQUEST_ID.get("unset")
