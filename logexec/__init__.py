@@ -32,29 +32,35 @@ __all__ = ["LoggingProcessPoolExecutor", "__version__"]
 __version__ = "0.1.0"
 
 # CPython 3.14's subinterpreters (concurrent.futures.InterpreterPoolExecutor): see _interp.
-_INTERPRETERS_MISSING = ""
+# Imported on first use, not here: every process-pool worker imports this package, and
+# concurrent.interpreters would add about 5 ms to each one's start for nothing.
 if sys.version_info >= (3, 14):
-    try:
+    __all__ = ["LoggingInterpreterPoolExecutor", "LoggingProcessPoolExecutor", "__version__"]
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 14):
         from ._interp import LoggingInterpreterPoolExecutor
-    except ImportError as error:  # a 3.14 built without _interpreters
-        _INTERPRETERS_MISSING = f"concurrent.interpreters cannot be imported here ({error})"
-    else:
-        __all__ = ["LoggingInterpreterPoolExecutor", "LoggingProcessPoolExecutor", "__version__"]
 else:
-    _INTERPRETERS_MISSING = f"this is {platform.python_implementation()} {platform.python_version()}"
-
-
-if not TYPE_CHECKING:
     # Hidden from type checkers: a module __getattr__ would make every misspelt name of this
     # package an `object` to them instead of an error.
 
     def __getattr__(name: str) -> object:
         # PEP 562: only reached for a name the module lacks. ``from logexec import
         # LoggingInterpreterPoolExecutor`` passes our ImportError on as it is, with its message.
-        if name == "LoggingInterpreterPoolExecutor" and _INTERPRETERS_MISSING:
-            raise ImportError(
-                "LoggingInterpreterPoolExecutor needs CPython 3.14 or newer "
-                f"(concurrent.futures.InterpreterPoolExecutor); {_INTERPRETERS_MISSING}",
-                name="logexec",
-            )
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if name != "LoggingInterpreterPoolExecutor":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if sys.version_info < (3, 14):
+            missing = f"this is {platform.python_implementation()} {platform.python_version()}"
+        else:
+            try:
+                from ._interp import LoggingInterpreterPoolExecutor
+            except ImportError as error:  # a 3.14 built without _interpreters
+                missing = f"concurrent.interpreters cannot be imported here ({error})"
+            else:
+                globals()[name] = LoggingInterpreterPoolExecutor
+                return LoggingInterpreterPoolExecutor
+        raise ImportError(
+            "LoggingInterpreterPoolExecutor needs CPython 3.14 or newer "
+            f"(concurrent.futures.InterpreterPoolExecutor); {missing}",
+            name="logexec",
+        )

@@ -69,3 +69,8 @@ def log_in_initializer(text: str) -> None:
 
 def read_request_id() -> str:
     return REQUEST_ID.get("unset")
+
+
+def levels_of(names: list[str]) -> list[int]:
+    """The levels this interpreter's loggers have (set, not effective)."""
+    return [logging.getLogger(name).level for name in names]

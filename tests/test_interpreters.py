@@ -155,6 +155,34 @@ def test_the_main_interpreter_levels_decide(collect: Collect) -> None:
 
 
 @needs_314
+def test_level_changes_travel_as_changes_from_the_base_and_back() -> None:
+    """Set, reset to the base, unset and new loggers all reach the interpreters; a task
+    carries only the loggers that changed, however many are configured (issue 25, item 8)."""
+    names = [f"tests.interp.many.{index}" for index in range(2000)]
+    loggers = [logging.getLogger(name) for name in names]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    watched = [names[0], names[1], "tests.interp.new"]
+    try:
+        with _executor(max_workers=1) as executor:
+            check = interp_tasks.levels_of
+            assert executor.submit(check, watched).result(timeout=60) == [30, 30, 0]
+            loggers[0].setLevel(logging.DEBUG)
+            loggers[1].setLevel(logging.NOTSET)
+            logging.getLogger("tests.interp.new").setLevel(logging.ERROR)
+            assert executor.submit(check, watched).result(timeout=60) == [10, 0, 40]
+            update = executor._logexec_levels_update
+            assert update is not None and len(update[1]) == 3, update
+            loggers[0].setLevel(logging.WARNING)  # back to the base
+            loggers[1].setLevel(logging.WARNING)
+            assert executor.submit(check, watched).result(timeout=60) == [30, 30, 40]
+    finally:
+        for logger in loggers:
+            logger.setLevel(logging.NOTSET)
+        logging.getLogger("tests.interp.new").setLevel(logging.NOTSET)
+
+
+@needs_314
 def test_caplog_sees_the_records(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     with _executor(max_workers=2) as executor:

@@ -21,7 +21,7 @@ from concurrent.futures import Future, InterpreterPoolExecutor
 from typing import Any, Callable, ParamSpec, TypeVar
 
 from .. import _compat, _context
-from .._channel import LevelsUpdate, current_levels, report
+from .._channel import LevelsUpdate, current_levels, level_changes, report
 from .._dispatch import Dispatcher, ForgetWhenDone, check_handlers
 from .._records import decode_record
 from . import _worker
@@ -97,8 +97,13 @@ class LoggingInterpreterPoolExecutor(InterpreterPoolExecutor):
         # The stdlib's own default, made explicit: one answer queue per interpreter.
         workers = max_workers if max_workers is not None else min(32, (os.process_cpu_count() or 1) + 4)
         self._logexec_reader = _Reader(self._logexec_dispatcher, max(workers, 1))
+        # The base every level update is relative to, fixed before any interpreter starts.
+        self._logexec_base_levels = current_levels()
         link = _worker.Link(
-            self._logexec_reader.records, self._logexec_reader.answers, self._logexec_reader.stopped
+            self._logexec_reader.records,
+            self._logexec_reader.answers,
+            self._logexec_reader.stopped,
+            self._logexec_base_levels,
         )
         super().__init__(
             max_workers, thread_name_prefix, _worker.initialize, (link, initializer, tuple(initargs))
@@ -166,7 +171,8 @@ class LoggingInterpreterPoolExecutor(InterpreterPoolExecutor):
         if levels != self._logexec_levels:
             self._logexec_levels = levels
             version = self._logexec_levels_update[0] + 1 if self._logexec_levels_update else 1
-            self._logexec_levels_update = (version, levels)
+            changes = level_changes(self._logexec_base_levels, levels)
+            self._logexec_levels_update = (version, changes, levels[1])
 
 
 class _Reader:

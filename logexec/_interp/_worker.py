@@ -53,17 +53,22 @@ class Link:
     queues, one taken by each interpreter. ``stopped``: never read, only counted; an item
     in it means the reader has stopped, so nothing would read a record put after.
     The main interpreter's levels are taken when the link is pickled, so an interpreter
-    mirrors the levels in force at its creation.
+    mirrors the levels in force at its creation. ``base``: the levels the executor fixed
+    when it was made, which every ``LevelsUpdate`` is relative to (see ``_channel``'s
+    ``LevelsUpdate``: a task carries only the loggers that differ from them).
     """
 
-    def __init__(self, records: Queue, answers: Queue, stopped: Queue, levels: Levels | None = None) -> None:
+    def __init__(
+        self, records: Queue, answers: Queue, stopped: Queue, base: Levels, levels: Levels | None = None
+    ) -> None:
         self.records = records
         self.answers = answers
         self.stopped = stopped
+        self.base = base
         self.levels = levels
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Link, (self.records, self.answers, self.stopped, current_levels()))
+        return (Link, (self.records, self.answers, self.stopped, self.base, current_levels()))
 
 
 class _State:
@@ -81,6 +86,7 @@ class _State:
         # put while a barrier is sent is either before its marker or flushed by the next).
         self.dirty = False
         self.barriers = 0
+        self.base = link.base
         self.levels_version = 0
         self.told_stderr = False
 
@@ -184,9 +190,11 @@ def run_task(
             "logexec's task wrapper ran in an interpreter that logexec's initializer did not "
             "set up; submit tasks through LoggingInterpreterPoolExecutor"
         )
-    if levels is not None and levels[0] > state.levels_version:
+    if levels is not None and levels[0] != state.levels_version:
+        # Any version but the last applied, older ones too: each update is complete against
+        # the base, and a task runs at the levels in force when it was submitted.
         state.levels_version = levels[0]
-        apply_levels(levels[1])
+        apply_levels(_with_changes(state.base, levels))
     state.task_id = task_id
     try:
         if captured is not None:
@@ -239,3 +247,15 @@ def _put(state: _State, item: object) -> bool:
                 return False
             time.sleep(delay)
             delay = min(delay * 2, LAST_DELAY)
+
+
+def _with_changes(base: Levels, update: LevelsUpdate) -> Levels:
+    """The main interpreter's levels as of ``update``: the base, with its changes."""
+    _, changes, disabled = update
+    levels = dict(base[0])
+    for name, level in changes.items():
+        if level == logging.NOTSET:
+            levels.pop(name, None)
+        else:
+            levels[name] = level
+    return (levels, disabled)
