@@ -11,7 +11,8 @@ Here the listener's thread fails to start once, on ``__enter__``; the caller see
 
 Expected: the failure leaves the executor usable (the next ``__enter__``/``submit`` starts
 the listener) or cleanly unusable (a clear error), and ``shutdown()`` never raises.
-Before the fix (now the script prints ``ok``; tests/test_thread_limit.py covers it): ``Listener.start`` stores the ``Thread`` before
+Before the fix (now the script prints ``ok``; tests/test_thread_limit.py covers it):
+``Listener.start`` stores the ``Thread`` before
 ``Thread.start()`` succeeds, so (1) the retry never starts a listener: the workers connect
 to a socket nobody accepts and the task never finishes (``result()`` times out);
 (2) ``shutdown()`` hangs joining those workers, which wait for the listener's challenge;
