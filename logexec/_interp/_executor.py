@@ -48,11 +48,25 @@ class LoggingInterpreterPoolExecutor(InterpreterPoolExecutor):
     ``logging.getLogger(record.name).handle(record)``, so dictConfig set-ups, per-logger
     handlers, filters, formatters and pytest's ``caplog`` apply unchanged.
 
-    Keyword-only options, as for ``LoggingProcessPoolExecutor``: ``handlers`` (``None``,
-    dispatch by logger name; or a non-empty sequence of ``logging.Handler`` that receive
-    every record instead) and ``propagate_contextvars`` (module-level ``ContextVar``
-    objects whose values at ``submit`` are set in the interpreter while the task runs;
-    parent-side filters always see the submitter's whole context).
+    Args:
+        max_workers: As in the stdlib: the number of interpreters (threads), or ``None``
+            for its default.
+        thread_name_prefix: As in the stdlib.
+        initializer: As in the stdlib: called in each interpreter when it starts, after
+            logexec's set-up, so it can log.
+        initargs: The arguments of ``initializer``, a tuple.
+        handlers: ``None`` (dispatch by logger name, the default) or a non-empty sequence
+            of ``logging.Handler`` that receive every record instead.
+        propagate_contextvars: Module-level ``contextvars.ContextVar`` objects whose values
+            at ``submit`` are set in the interpreter while the task runs (parent-side
+            filters always see the submitter's whole context).
+
+    Raises:
+        TypeError: A parameter of the wrong type, or a ``propagate_contextvars`` variable
+            that is not a module-level attribute of an imported module; the message
+            names the parameter and the value.
+        ValueError: An empty ``handlers`` (that would drop every record), or
+            ``max_workers`` not positive (the stdlib's check).
 
     When an interpreter starts, logexec's initializer runs first, then yours (so yours can
     log): one handler on its root logger and the main interpreter's levels. The main
@@ -118,6 +132,23 @@ class LoggingInterpreterPoolExecutor(InterpreterPoolExecutor):
         weakref.finalize(self, self._logexec_reader.stop_when_idle)
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)`` in an interpreter, as the stdlib's ``submit``.
+
+        Args:
+            fn: A callable that pickles (a module-level function, not one of ``__main__``
+                defined in an interactive session).
+            *args: Its positional arguments.
+            **kwargs: Its keyword arguments.
+
+        Returns:
+            A ``Future``: when its ``result()`` returns or raises, every record the task
+            logged has been handled by the main interpreter's logging.
+
+        Raises:
+            RuntimeError: After ``shutdown``, or when called on the reader thread (from a
+                parent handler or filter of this executor).
+            TypeError: A ``propagate_contextvars`` value that does not pickle.
+        """
         reader = self._logexec_reader
         if threading.current_thread() is reader.thread:
             raise RuntimeError(
@@ -153,6 +184,13 @@ class LoggingInterpreterPoolExecutor(InterpreterPoolExecutor):
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the pool, as the stdlib's ``shutdown``, and then the reader.
+
+        Args:
+            wait: Return only once every interpreter is closed and every record has been
+                handled (records of threads that outlived their task included).
+            cancel_futures: Cancel the futures that have not started, as in the stdlib.
+        """
         reader = self._logexec_reader
         if wait and threading.current_thread() is reader.thread:
             wait = False  # the interpreters' last barriers wait for this very thread
