@@ -42,8 +42,7 @@ _UCRED = struct.Struct("3i")
 def _candidates() -> list[str]:
     """The directories to make a private directory in, the user's choice first."""
     found = [tempfile.gettempdir()]
-    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    for directory in ([runtime] if runtime else []) + list(_SHORT_DIRECTORIES):
+    for directory in _SHORT_DIRECTORIES:
         if directory not in found and os.path.isdir(directory):
             found.append(directory)
     return found
@@ -112,6 +111,9 @@ def foreign_peer(sock: socket.socket, own_uid: int) -> bool:
 
     Root is let in: it can reach the directory too, and could read our memory anyway.
     """
+    unix = getattr(socket, "AF_UNIX", None)
+    if unix is None or sock.family != unix:
+        return False  # loopback TCP (no AF_UNIX): no uid to ask; the key is the guard
     uid = peer_uid(sock)
     return uid is not None and uid not in (own_uid, 0)
 
@@ -148,8 +150,9 @@ class Refusals:
             )
 
     def count(self, why: str) -> int:
+        """How many were refused for a reason that starts with ``why``."""
         with self._lock:
-            return self._counts.get(why, 0)
+            return sum(count for reason, count in self._counts.items() if reason.startswith(why))
 
     def summarize(self) -> None:
         """Report the counts of every kind refused more than once."""
