@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import pytest
 
-from logexec._channel import _framing, _socket, _transports
+from logexec._channel import _accept, _framing, _portable, _socket, _transports
 
 from . import lifecycle_tasks
 from .conftest import ListHandler
@@ -264,3 +264,25 @@ def test_refusals_report_the_first_and_then_the_count() -> None:
     refusals.summarize()
     assert len(reports) == 3 and "closed 5 connections" in reports[2]
     assert refusals.foreign == 1 and refusals.count("failed authentication") == 5
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
+def test_workers_start_through_a_narrow_door(
+    make_executor: Callable[..., Any],
+    transport: str,
+    collect: Callable[..., ListHandler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With room for one handshake at a time, every worker of a pool still gets in (the
+    others wait in the backlog and are accepted as handshakes end), under each start method."""
+    monkeypatch.setattr(_accept, "MAX_HANDSHAKES", 1)
+    monkeypatch.setattr(_portable, "MAX_HANDSHAKES", 1)
+    handler = collect()
+    workers = 4
+    with make_executor(workers) as executor:
+        # Slow enough that every worker takes a task, so every one of them connects.
+        futures = [executor.submit(lifecycle_tasks.log_numbered, task, 3, 0.3) for task in range(workers * 2)]
+        assert [future.result(timeout=RESULT_TIMEOUT) for future in futures] == [3] * workers * 2
+        pids = {record.process for record in handler.records if record.name == "tests.lifecycle"}
+    assert len(pids) > 1
+    assert [message for message in handler.messages() if message.startswith("logexec")] == []
