@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+import warnings
 from multiprocessing import AuthenticationError
 from multiprocessing import connection as mp_connection
 from pathlib import Path
@@ -202,7 +203,11 @@ def _connect_when_there_is_room(peer: socket.socket, address: str) -> None:
 def _dial_as_nobody(address: str) -> str:
     """Connect to ``address`` from a child process of another user; what it heard."""
     reader, writer = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # The listener's threads are running; the child only makes system calls and exits
+        # (not sys.executable as another user: it may live in a directory only root enters).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         heard = b"?"
         try:

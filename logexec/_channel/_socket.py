@@ -112,7 +112,7 @@ def foreign_peer(sock: socket.socket, own_uid: int) -> bool:
     Root is let in: it can reach the directory too, and could read our memory anyway.
     """
     unix = getattr(socket, "AF_UNIX", None)
-    if unix is None or sock.family != unix:
+    if own_uid < 0 or unix is None or sock.family != unix:
         return False  # loopback TCP (no AF_UNIX): no uid to ask; the key is the guard
     uid = peer_uid(sock)
     return uid is not None and uid not in (own_uid, 0)
