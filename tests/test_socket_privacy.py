@@ -147,11 +147,15 @@ if __name__ == "__main__":
 
 @linux_only  # where the descriptor limit and an address to dial are simple to come by
 @pytest.mark.parametrize("transport", TRANSPORTS, indirect=True)
-@pytest.mark.parametrize("start_method", ["spawn"])
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])  # fork: the listener starts after the peers
 def test_silent_peers_do_not_spend_the_descriptors_the_pool_needs(transport: str, start_method: str) -> None:
     """300 peers that connect and say nothing, under a 256-descriptor limit, before the
     workers start: the pool starts and every record arrives (they wait their turn in the
     kernel's backlog, not in our descriptors), with two reports in all about them."""
+    if start_method == "fork" and transport == _transports.PORTABLE:
+        # Its accept thread starts with the first submit under fork, so no more peers than
+        # its backlog (128) can wait before the pool starts: the spawn case covers it.
+        pytest.skip("under fork no portable peer is accepted before the first submit")
     peers, limit = 300, 256
     script = _SILENT_SCRIPT.format(root=str(ROOT), method=start_method, limit=limit)
     process = subprocess.Popen(
