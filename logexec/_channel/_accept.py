@@ -1,12 +1,19 @@
 """The listener's door: accepting a connection, the handshake, and the descriptor reserve.
 
-A new connection is greeted with a random challenge; its hello proves the key (an HMAC
-answer), names the worker's pid and says how its frames will travel: on the connection, or
-through a shared-memory ring whose descriptor rides with the hello (``_ring``). A peer that
+A connection from another user is closed before anything is read from it or said about it
+(``_socket.foreign_peer``). Any other new connection is greeted with a random challenge; its
+hello proves the key (an HMAC answer), names the worker's pid and says how its frames will
+travel: on the connection, or through a shared-memory ring whose descriptor rides with the
+hello (``_ring``). A peer that
 does not complete the handshake in time is closed. Out of descriptors, the listener spends
 a descriptor it holds in reserve to accept the waiting worker and tell it why it is refused,
 rather than leave it hanging; a worker whose ring it cannot take is told to use its
 connection instead.
+
+Peers that fail the handshake are reported once and then counted (``_socket.Refusals``),
+and at most ``MAX_HANDSHAKES`` connections are held in their handshake at a time: the rest
+wait in the kernel's backlog, where they cost this process no descriptor. So peers that
+connect and say nothing cannot spend the descriptors the pool's workers need.
 """
 
 from __future__ import annotations
@@ -22,13 +29,16 @@ import socket
 import time
 from collections.abc import Callable
 
-from . import _framing, _ring
+from . import _framing, _ring, _socket
 from ._guard import _ACCEPT, ListenerCore, _close_fds, _Connection, _Stream
 
 # How long a new connection may take to prove it holds the key. A real worker answers at
 # once; the deadline is generous for a loaded machine, and bounds what a peer that dribbles
 # its hello can hold.
 HANDSHAKE_SECONDS = 10.0
+# How many connections may be in their handshake at once (see the module docstring). A real
+# worker's takes a round trip, so a pool of any size starts through this many at a time.
+MAX_HANDSHAKES = 64
 _NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 # Room for one descriptor in the ancillary data of a hello. No CMSG_SPACE on Windows, where
 # the portable transport carries no descriptor.
@@ -51,16 +61,37 @@ class Accepting(ListenerCore):
                 continue
             remaining = connection.accepted + HANDSHAKE_SECONDS - now
             if remaining <= 0:
-                self._report(
-                    logging.WARNING,
-                    "logexec: closed a connection to the log listener that did not complete the "
-                    "handshake within %.0f s (only the executor's own workers hold the key)",
-                    HANDSHAKE_SECONDS,
-                )
+                self._refusals.refused(f"did not complete the handshake within {HANDSHAKE_SECONDS:.0f} s")
                 self._forget(selector, connection)
             else:
                 soonest = min(soonest, remaining)
         return soonest
+
+    def _handshakes(self) -> int:
+        return sum(1 for connection in self._connections if not connection.pid)
+
+    def _hold_accepting(self, selector: selectors.BaseSelector) -> None:
+        """Leave new connections in the backlog until a handshake under way ends."""
+        self._accept_held = True
+        self._watch_server(selector)
+
+    def _update_hold(self, selector: selectors.BaseSelector) -> None:
+        """Accept again once there is room for another handshake (each pass of the loop)."""
+        if self._accept_held and self._handshakes() < MAX_HANDSHAKES:
+            self._accept_held = False
+            self._watch_server(selector)
+
+    def _watch_server(self, selector: selectors.BaseSelector) -> None:
+        """Watch the listening socket unless accepting is paused or held."""
+        server = self._server
+        if server is None:
+            return
+        watched = server in selector.get_map()
+        wanted = not self._accept_paused_until and not self._accept_held
+        if wanted and not watched:
+            selector.register(server, selectors.EVENT_READ, _ACCEPT)
+        elif watched and not wanted:
+            selector.unregister(server)
 
     def _guarded_accept(self, selector: selectors.BaseSelector) -> None:
         try:
@@ -69,9 +100,12 @@ class Accepting(ListenerCore):
             self._report_error("logexec: the log listener could not accept a connection", error)
 
     def _accept(self, selector: selectors.BaseSelector) -> None:
-        if self._server is None or self._accept_paused_until:
+        if self._server is None or self._accept_paused_until or self._accept_held:
             return
         while True:
+            if self._handshakes() >= MAX_HANDSHAKES:
+                self._hold_accepting(selector)
+                return
             try:
                 sock, _ = self._server.accept()
             except (BlockingIOError, InterruptedError):
@@ -81,6 +115,12 @@ class Accepting(ListenerCore):
                     raise
                 self._refuse_for_descriptors(selector, error)
                 return
+            if isinstance(sock, socket.socket) and _socket.foreign_peer(sock, self._uid):
+                # Another user's (only an abstract name is reachable by one): nothing read,
+                # nothing said, nothing logged; only counted.
+                sock.close()
+                self._refusals.count_foreign()
+                continue
             sock.setblocking(True)
             challenge = os.urandom(_framing.CHALLENGE_SIZE)
             if not self._greet(sock, challenge):
@@ -141,15 +181,13 @@ class Accepting(ListenerCore):
             return
         # No reserve to spend: stop looking at the backlog for a moment rather than spin.
         self._accept_paused_until = time.monotonic() + 0.1
-        if self._server is not None:
-            selector.unregister(self._server)
+        self._watch_server(selector)
 
     def _resume_accepting(self, selector: selectors.BaseSelector) -> None:
         self._accept_paused_until = 0.0
         if self._reserve_fd is None:
             self._reserve_fd = _open_reserve()
-        if self._server is not None:
-            selector.register(self._server, selectors.EVENT_READ, _ACCEPT)
+        self._watch_server(selector)
 
     def _receive_hello(self, connection: _Connection, target: memoryview) -> int:
         # recvmsg, not recv: a descriptor rides with the hello, and recv would drop it. Close
@@ -238,11 +276,7 @@ class Accepting(ListenerCore):
         )
 
     def _refuse(self, selector: selectors.BaseSelector, connection: _Connection) -> None:
-        self._report(
-            logging.WARNING,
-            "logexec: refused a connection to the log listener that failed authentication "
-            "(only the executor's own workers hold the key)",
-        )
+        self._refusals.refused("failed authentication")
         self._forget(selector, connection)
 
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from .._dispatch import Dispatcher, handle_safely
-from . import _framing, _portable, _ring
+from . import _framing, _portable, _ring, _socket
 
 # Bytes asked of the kernel per read. Large reads carry many records per system call;
 # beyond this the gain is gone and the buffer only costs memory.
@@ -158,6 +158,12 @@ class ListenerCore:
         # tell it why it is refused instead of leaving it waiting (see _accept).
         self._reserve_fd: int | None = None
         self._accept_paused_until = 0.0
+        # Accepting waits while MAX_HANDSHAKES connections are in their handshake (_accept).
+        self._accept_held = False
+        # Peers refused at the door, reported once per kind (see _socket.Refusals).
+        self._refusals = _socket.Refusals(report)
+        # Whose connections are heard at all (see _socket.foreign_peer); -1: no uids here.
+        self._uid = os.geteuid() if hasattr(os, "geteuid") else -1
         self._thread: threading.Thread | None = None
         # The thread start() made (not a caller that ran the loop itself): stop() joins it.
         self._own_thread: threading.Thread | None = None

@@ -1,7 +1,7 @@
 """The parent side of the channel: one thread that reads every worker's connection.
 
-The listener owns an ``AF_UNIX`` socket in a private (0700) temporary directory (or, where
-that path would be too long for ``AF_UNIX``, a random name in Linux's abstract namespace).
+The listener owns an ``AF_UNIX`` socket in a private (0700) directory (see ``_socket``: a
+short one where the temporary directory's path is too long for ``AF_UNIX``).
 Each worker connects once, proves it knows the executor's random key (challenge and HMAC
 answer), and from then on writes frames (see ``_framing``), either on the connection or
 into a shared-memory ring it handed over with its hello (see ``_ring``). The thread waits on
@@ -135,7 +135,7 @@ class Listener(Reading):
         directory, address = _portable.new_address(_socket._new_address)
         server: _portable.Server | None = None
         try:
-            server = _portable.Server(address, self._key, report)
+            server = _portable.Server(address, self._key, report, self._refusals, self._uid)
             self._wake_reader, self._wake_writer = _portable.wake_pair()
             self._selector = _portable.Selector()
             self._selector.register(server, selectors.EVENT_READ, _ACCEPT)
@@ -282,6 +282,8 @@ class Listener(Reading):
                         and not isinstance(connection.socket, _portable.StreamConnection)
                     ):
                         self._forget(selector, connection)
+                # Room again for connections held in the backlog (_accept.MAX_HANDSHAKES).
+                self._update_hold(selector)
             except BaseException as error:
                 self._loop_failed("draining the workers' connections", error)
         if self._connections:
@@ -351,6 +353,7 @@ class Listener(Reading):
                 shutil.rmtree(self._directory, ignore_errors=True)
             self._dispatcher.forget_all()
             _live_listeners.discard(self)
+            self._refusals.summarize()
         finally:
             self._stopped.set()
 

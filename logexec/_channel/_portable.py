@@ -25,6 +25,12 @@ else: not the listener, not the accept thread, not another worker's handshake. A
 ``HANDSHAKE_SECONDS`` its connection is shut down where the platform lets another thread do
 that (POSIX sockets), which ends the stalled read.
 
+At most ``MAX_HANDSHAKES`` handshakes run at once (the accept thread waits for room, and the
+rest wait in the kernel's backlog at no cost of ours), so silent peers cannot spend the
+descriptors or threads the pool needs; a connection from another user is closed before its
+handshake (``_socket.foreign_peer``); failed handshakes are reported once, then counted
+(``_socket.Refusals``).
+
 Do not "simplify" this to ``Listener(authkey=key).accept()`` on the listener thread, nor on
 one accept thread: either lets one silent peer hold every worker's start.
 """
@@ -44,8 +50,12 @@ from multiprocessing import AuthenticationError
 from multiprocessing import connection as mp_connection
 from typing import Any, Callable
 
+from . import _socket
+
 # How long a new connection may take over the stdlib's handshake (see the module docstring).
 HANDSHAKE_SECONDS = 10.0
+# How many connections may be in the stdlib's handshake at once (see the module docstring).
+MAX_HANDSHAKES = 64
 # The listening socket's backlog: workers start together, and the stdlib's default is 1.
 BACKLOG = 128
 # The largest message a send makes (see StreamConnection.sendall); a typical record is far
@@ -210,9 +220,19 @@ class Server:
     notification pipe) when ``accept()`` has a connection to give.
     """
 
-    def __init__(self, address: Address, key: bytes, report: Report) -> None:
+    def __init__(
+        self,
+        address: Address,
+        key: bytes,
+        report: Report,
+        refusals: _socket.Refusals | None = None,
+        uid: int = -1,
+    ) -> None:
         self._key = key
         self._report = report
+        self._refusals = refusals if refusals is not None else _socket.Refusals(report)
+        # Whose connections are heard at all (see _socket.foreign_peer); -1: not checked.
+        self._uid = uid
         self._pid = os.getpid()
         self._listener = mp_connection.Listener(address, backlog=BACKLOG)
         # The real address where the system picked it (a TCP port); otherwise ours as given
@@ -221,6 +241,9 @@ class Server:
         self._ready: list[StreamConnection] = []
         self._handshaking: set[mp_connection.Connection] = set()
         self._lock = threading.Lock()
+        # Signalled when a handshake ends or the server closes: the accept thread waits on
+        # it for room (MAX_HANDSHAKES).
+        self._room = threading.Condition(self._lock)
         self._closing = False
         self._notify_reader, self._notify_writer = wake_pair()
         self._thread: threading.Thread | None = None
@@ -282,6 +305,9 @@ class Server:
 
     def _accept_loop(self) -> None:
         while not self._closing:
+            with self._room:
+                while len(self._handshaking) >= MAX_HANDSHAKES and not self._closing:
+                    self._room.wait()
             try:
                 connection = self._listener.accept()
             except BaseException as error:
@@ -292,6 +318,11 @@ class Server:
                 )
                 # Out of descriptors, say: the peer waits in the backlog; do not spin.
                 threading.Event().wait(0.1)
+                continue
+            if self._uid >= 0 and _foreign(connection, self._uid):
+                # Another user's: closed unheard, only counted (see _socket.Refusals).
+                connection.close()
+                self._refusals.count_foreign()
                 continue
             with self._lock:
                 if self._closing:
@@ -323,28 +354,20 @@ class Server:
             mp_connection.deliver_challenge(connection, self._key)
             mp_connection.answer_challenge(connection, self._key)
         except AuthenticationError:
-            self._report(
-                logging.WARNING,
-                "logexec: refused a connection to the log listener that failed authentication "
-                "(only the executor's own workers hold the key)",
-            )
+            self._refusals.refused("failed authentication")
             self._give_up(connection)
             return
         except BaseException:
             # The peer hung up, or stalled past the deadline: nothing of ours was at stake.
             if expired.is_set():
-                self._report(
-                    logging.WARNING,
-                    "logexec: closed a connection to the log listener that did not complete the "
-                    "handshake within %.0f s (only the executor's own workers hold the key)",
-                    HANDSHAKE_SECONDS,
-                )
+                self._refusals.refused(f"did not complete the handshake within {HANDSHAKE_SECONDS:.0f} s")
             self._give_up(connection)
             return
         finally:
             deadline.cancel()
         with self._lock:
             self._handshaking.discard(connection)
+            self._room.notify_all()
             if self._closing:
                 connection.close()
                 return
@@ -355,6 +378,7 @@ class Server:
     def _give_up(self, connection: mp_connection.Connection) -> None:
         with self._lock:
             self._handshaking.discard(connection)
+            self._room.notify_all()
         with contextlib.suppress(OSError):
             connection.close()
 
@@ -367,6 +391,7 @@ class Server:
             if self._closing:
                 return
             self._closing = True
+            self._room.notify_all()
             thread, self._thread = self._thread, None
             handshaking, self._handshaking = list(self._handshaking), set()
             ready, self._ready = self._ready, []
@@ -394,6 +419,18 @@ class Server:
         for stream in (self._notify_reader, self._notify_writer, *self._ready):
             with contextlib.suppress(BaseException):
                 stream.close()
+
+
+def _foreign(connection: mp_connection.Connection, uid: int) -> bool:
+    """Whether an accepted connection's peer is another user (see ``_socket.foreign_peer``)."""
+    try:
+        sock = socket.socket(fileno=os.dup(connection.fileno()))
+    except (OSError, ValueError):
+        return True  # not told: not trusted
+    try:
+        return _socket.foreign_peer(sock, uid)
+    finally:
+        sock.close()
 
 
 def _shut_down(connection: mp_connection.Connection) -> None:

@@ -105,6 +105,7 @@ class Reading(Accepting):
                 deadlines.append(remaining)
         if any(not connection.pid for connection in self._connections):
             deadlines.append(self._expire_handshakes(selector))
+        self._update_hold(selector)
         if not deadlines:
             return timeout
         soonest = max(0.0, min(deadlines))
