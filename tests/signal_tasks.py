@@ -35,3 +35,33 @@ def log_numbered(tag: str, count: int) -> int:
     for number in range(count):
         logger.warning("%s %d", tag, number)
     return count
+
+
+def payload(number: int, size: int) -> str:
+    """What record ``number`` carries: checkable for wholeness in the parent."""
+    return (f"<{number}>" * (size // 6 + 1))[:size]
+
+
+def log_under_timer(tag: str, count: int, size: int, interval: float) -> list[int]:
+    """Log ``count`` records of ``size`` characters while a repeating timer's handler raises.
+
+    Each call is attempted once, with a new number; return the numbers whose call returned.
+    The timer lands anywhere: in a log call (which must then publish its record whole or
+    not at all), or in this loop, which carries on.
+    """
+    logger = logging.getLogger(LOGGER)
+    returned: list[int] = []
+    attempt = 0
+    signal.signal(signal.SIGALRM, _raise_alarm)
+    signal.setitimer(signal.ITIMER_REAL, interval, interval)
+    while True:
+        try:
+            while attempt < count:
+                attempt += 1
+                logger.warning("%s %d %s", tag, attempt, payload(attempt, size))
+                returned.append(attempt)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            break
+        except Alarm:
+            pass
+    return returned

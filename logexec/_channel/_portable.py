@@ -135,9 +135,12 @@ class StreamConnection:
         for start in range(0, len(data), MESSAGE_LIMIT):
             self._connection.send_bytes(data, start, min(MESSAGE_LIMIT, len(data) - start))
 
-    def send(self, data: bytes) -> int:
-        self.sendall(data)
-        return len(data)
+    def send(self, data: bytes | memoryview) -> int:
+        # One message, like a stream socket's partial send: a caller that keeps the count
+        # knows which messages went (see _worker.Channel._write).
+        size = min(MESSAGE_LIMIT, len(data))
+        self._connection.send_bytes(data, 0, size)
+        return size
 
     def close(self) -> None:
         self._connection.close()
