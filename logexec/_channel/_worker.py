@@ -15,6 +15,7 @@ record goes to this worker's stderr, after a one-time notice that says why.
 
 from __future__ import annotations
 
+import functools
 import logging
 import logging.handlers
 import os
@@ -266,6 +267,14 @@ class Channel:
         sock = self._socket
         assert sock is not None  # checked above
         view = memoryview(frame)
+        send: Callable[[memoryview], int] = sock.send
+        if isinstance(sock, _portable.StreamConnection):
+            wire = sock.wire(frame)
+            if wire is not None:
+                # send_bytes cannot say how much of a message it wrote before a handler
+                # raised: write the stdlib's messages on the descriptor ourselves.
+                view = memoryview(wire)
+                send = functools.partial(os.write, sock.fileno())
         size = len(view)
         mark = ring.end if ring is not None else 0
         sent: list[int] = []
@@ -286,7 +295,7 @@ class Channel:
                 else:
                     done = sum(sent)
                     while done < size:
-                        sent.extend(map(sock.send, (view[done:],)))
+                        sent.extend(map(send, (view[done:],)))
                         done = sum(sent)
                 break
             except (OSError, EOFError):
