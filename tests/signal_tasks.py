@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from types import FrameType
 
@@ -48,18 +49,29 @@ def payload(number: int, size: int) -> str:
     return (f"<{number}>" * (size // 6 + 1))[:size]
 
 
-def log_under_timer(tag: str, count: int, size: int, interval: float) -> list[int]:
-    """Log ``count`` records of ``size`` characters while a repeating timer's handler raises.
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    if not _quiet[0]:
+        raise KeyboardInterrupt
 
+
+def log_under_signals(tag: str, count: int, size: int, interval: float, source: str) -> list[int]:
+    """Log ``count`` records of ``size`` characters while a handler raises every ``interval`` s.
+
+    ``source`` "timer": a repeating timer whose handler raises ``Alarm`` (a ``signal.alarm``
+    timeout); "interrupt": SIGINT, which the parent sends over and over, raising
+    ``KeyboardInterrupt`` (Ctrl-C), which the task catches and carries on.
     Each call is attempted once, with a new number; return the numbers whose call returned.
-    The timer lands anywhere: in a log call (which must then publish its record whole or
+    The signal lands anywhere: in a log call (which must then publish its record whole or
     not at all), or in this loop, which carries on.
     """
     logger = logging.getLogger(LOGGER)
     returned: list[int] = []
     attempt = 0
-    signal.signal(signal.SIGALRM, _raise_alarm)
-    signal.setitimer(signal.ITIMER_REAL, interval, interval)
+    if source == "timer":
+        signal.signal(signal.SIGALRM, _raise_alarm)
+        signal.setitimer(signal.ITIMER_REAL, interval, interval)
+    else:
+        signal.signal(signal.SIGINT, _interrupt)
     while True:
         try:
             _quiet[0] = False
@@ -67,9 +79,17 @@ def log_under_timer(tag: str, count: int, size: int, interval: float) -> list[in
                 attempt += 1
                 logger.warning("%s %d %s", tag, attempt, payload(attempt, size))
                 returned.append(attempt)
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            if source == "timer":
+                signal.setitimer(signal.ITIMER_REAL, 0)
             break
-        except Alarm:
+        except (Alarm, KeyboardInterrupt):
             _quiet[0] = True
+    if source != "timer":
+        # The parent stops sending when the task returns; one may still be on its way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _quiet[0] = False
     return returned
+
+
+def worker_pid() -> int:
+    return os.getpid()

@@ -9,8 +9,11 @@ worker's stderr.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import signal
 import time
 from typing import Any, Callable
 
@@ -24,9 +27,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 RESULT_TIMEOUT = 60
 _MESSAGE = re.compile(r"(\S+) (\d+)(?: (.*))?", re.DOTALL)
-# The timer may also land while the record's message is merged (in the worker's encoder):
+# The signal may also land while the record's message is merged (in the worker's encoder):
 # the record then carries this note and its arguments instead, by the record policy.
-_UNMERGED = re.compile(r"logexec: could not merge the message of this record: Alarm.*args=\('timed', (\d+),")
+_UNMERGED = re.compile(
+    r"logexec: could not merge the message of this record: (?:Alarm|KeyboardInterrupt)"
+    r".*args=\('timed', (\d+),"
+)
 
 
 class SlowHandler(logging.Handler):
@@ -58,14 +64,16 @@ SHAPES = {
 }
 
 
+@pytest.mark.parametrize("source", ["timer", "interrupt"])
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 @pytest.mark.parametrize("transport", list(_transports.ORDER))
-def test_a_raising_timer_never_splits_a_frame(
+def test_a_handler_that_raises_never_splits_a_frame(
     make_executor: Callable[..., Any],
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
     transport: str,
     shape: str,
+    source: str,
 ) -> None:
     if not _available(transport):
         pytest.skip(f"no {transport} transport on this platform")
@@ -76,9 +84,16 @@ def test_a_raising_timer_never_splits_a_frame(
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     with make_executor(max_workers=1) as executor:
-        returned = executor.submit(tasks.log_under_timer, "timed", count, size, interval).result(
-            timeout=RESULT_TIMEOUT
-        )
+        pid = executor.submit(tasks.worker_pid).result(timeout=RESULT_TIMEOUT)
+        future = executor.submit(tasks.log_under_signals, "timed", count, size, interval, source)
+        if source == "interrupt":
+            # Ctrl-C, over and over, while the task logs (it catches KeyboardInterrupt).
+            while not future.done():
+                time.sleep(interval)
+                if handler.messages:  # the task's handler is in place once it logs
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGINT)
+        returned = future.result(timeout=RESULT_TIMEOUT)
         later = executor.submit(tasks.log_numbered, "later", 10).result(timeout=RESULT_TIMEOUT)
     assert later == 10
     handled: list[int] = []
