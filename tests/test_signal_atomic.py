@@ -96,6 +96,8 @@ def test_a_handler_that_raises_never_splits_a_frame(
         returned = future.result(timeout=RESULT_TIMEOUT)
         later = executor.submit(tasks.log_numbered, "later", 10).result(timeout=RESULT_TIMEOUT)
     assert later == 10
+    err = capfd.readouterr().err
+    assert "logexec" not in err, err[-3000:]
     handled: list[int] = []
     for message in handler.messages:
         unmerged = _UNMERGED.match(message)
@@ -112,5 +114,3 @@ def test_a_handler_that_raises_never_splits_a_frame(
     missing = sorted(set(returned) - set(handled))
     assert not missing, f"{len(missing)} of {len(returned)} returned records not handled: {missing[:10]}"
     assert [m for m in handler.messages if m.startswith("later ")] == [f"later {n}" for n in range(10)]
-    err = capfd.readouterr().err
-    assert "logexec" not in err, err[-3000:]
