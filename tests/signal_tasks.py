@@ -79,6 +79,7 @@ def log_under_signals(tag: str, count: int, size: int, interval: float, source: 
                 attempt += 1
                 logger.warning("%s %d %s", tag, attempt, payload(attempt, size))
                 returned.append(attempt)
+            _quiet[0] = True  # a signal still on its way must not end the task now
             if source == "timer":
                 signal.setitimer(signal.ITIMER_REAL, 0)
             break
