@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing.connection
+import struct
 import threading
 import time
 
@@ -37,6 +38,20 @@ def explicit_levels() -> dict[str, int]:
         if logger.level != logging.NOTSET:
             levels[logger.name] = logger.level
     return levels
+
+
+# How a POSIX ``multiprocessing.connection.Connection`` frames a message under 2 GiB on its
+# descriptor: a 4-byte big-endian length, then the bytes (``Connection._send_bytes``).
+_MESSAGE_HEADER = struct.Struct("!i")
+
+
+def connection_message(payload: bytes | memoryview) -> bytes:
+    """The bytes ``send_bytes(payload)`` writes on a POSIX connection (under 2 GiB).
+
+    For a writer that must know how much of a message went (``_worker.Channel._write``):
+    ``send_bytes`` cannot say how much it wrote before a signal handler's exception.
+    """
+    return _MESSAGE_HEADER.pack(len(payload)) + payload
 
 
 def add_handler_first(logger: logging.Logger, handler: logging.Handler) -> None:

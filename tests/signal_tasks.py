@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from types import FrameType
 
@@ -13,8 +14,14 @@ class Alarm(Exception):
     """Raised by the tasks' SIGALRM handler, as a `signal.alarm` timeout would."""
 
 
+# While set, the handler does not raise: a task's loop sets it in its except clause, so that
+# its own jump back into the try is not where the timer lands (that would end the task).
+_quiet = [False]
+
+
 def _raise_alarm(signum: int, frame: FrameType | None) -> None:
-    raise Alarm("the timer fired")
+    if not _quiet[0]:
+        raise Alarm("the timer fired")
 
 
 def log_then_alarm_in_barrier(count: int, delay: float) -> int:
@@ -35,3 +42,55 @@ def log_numbered(tag: str, count: int) -> int:
     for number in range(count):
         logger.warning("%s %d", tag, number)
     return count
+
+
+def payload(number: int, size: int) -> str:
+    """What record ``number`` carries: checkable for wholeness in the parent."""
+    return (f"<{number}>" * (size // 6 + 1))[:size]
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    if not _quiet[0]:
+        raise KeyboardInterrupt
+
+
+def log_under_signals(tag: str, count: int, size: int, interval: float, source: str) -> list[int]:
+    """Log ``count`` records of ``size`` characters while a handler raises every ``interval`` s.
+
+    ``source`` "timer": a repeating timer whose handler raises ``Alarm`` (a ``signal.alarm``
+    timeout); "interrupt": SIGINT, which the parent sends over and over, raising
+    ``KeyboardInterrupt`` (Ctrl-C), which the task catches and carries on.
+    Each call is attempted once, with a new number; return the numbers whose call returned.
+    The signal lands anywhere: in a log call (which must then publish its record whole or
+    not at all), or in this loop, which carries on.
+    """
+    logger = logging.getLogger(LOGGER)
+    returned: list[int] = []
+    attempt = 0
+    if source == "timer":
+        signal.signal(signal.SIGALRM, _raise_alarm)
+        signal.setitimer(signal.ITIMER_REAL, interval, interval)
+    else:
+        signal.signal(signal.SIGINT, _interrupt)
+    while True:
+        try:
+            _quiet[0] = False
+            while attempt < count:
+                attempt += 1
+                logger.warning("%s %d %s", tag, attempt, payload(attempt, size))
+                returned.append(attempt)
+            _quiet[0] = True  # a signal still on its way must not end the task now
+            if source == "timer":
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            break
+        except (Alarm, KeyboardInterrupt):
+            _quiet[0] = True
+    if source != "timer":
+        # The parent stops sending when the task returns; one may still be on its way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _quiet[0] = False
+    return returned
+
+
+def worker_pid() -> int:
+    return os.getpid()

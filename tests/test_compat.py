@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
+import socket
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
@@ -111,3 +115,27 @@ def test_level_watch_sees_set_level_and_disable_but_not_level_checks() -> None:
     assert not watch.changed()
     logging.disable(logging.NOTSET)
     assert watch.changed()
+
+
+@pytest.mark.skipif(not hasattr(socket, "socketpair") or sys.platform == "win32", reason="POSIX connections")
+@pytest.mark.parametrize("size", [0, 1, 150, 16384, 16385, 1 << 16])
+def test_connection_message_is_what_send_bytes_writes(size: int) -> None:
+    """connection_message(payload) is byte for byte what a POSIX Connection.send_bytes writes,
+    and a Connection reads it back as that one message."""
+    left, right = socket.socketpair()
+    sender = multiprocessing.connection.Connection(left.detach())
+    receiver = multiprocessing.connection.Connection(right.detach())
+    try:
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        sender.send_bytes(payload)
+        expected = _compat.connection_message(payload)
+        raw = b""
+        while len(raw) < len(expected):
+            raw += os.read(receiver.fileno(), len(expected) - len(raw))
+        assert raw == expected
+        os.write(sender.fileno(), _compat.connection_message(memoryview(payload)))
+        assert receiver.poll(10)
+        assert receiver.recv_bytes() == payload
+    finally:
+        sender.close()
+        receiver.close()

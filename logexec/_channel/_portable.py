@@ -50,6 +50,7 @@ from multiprocessing import AuthenticationError
 from multiprocessing import connection as mp_connection
 from typing import Any, Callable
 
+from .. import _compat
 from . import _socket
 
 # How long a new connection may take over the stdlib's handshake (see the module docstring).
@@ -137,7 +138,7 @@ class StreamConnection:
         self._pending = data[size:]
         return bytes(data[:size])
 
-    def sendall(self, data: bytes) -> None:
+    def sendall(self, data: bytes | memoryview) -> None:
         # In messages of at most MESSAGE_LIMIT bytes. A worker killed while sending a huge
         # record then leaves its first pieces with the listener, which reports the cut-off
         # record as it does on a socket, instead of the stdlib discarding the unfinished
@@ -145,7 +146,19 @@ class StreamConnection:
         for start in range(0, len(data), MESSAGE_LIMIT):
             self._connection.send_bytes(data, start, min(MESSAGE_LIMIT, len(data) - start))
 
-    def send(self, data: bytes) -> int:
+    def wire(self, data: bytes | memoryview) -> bytes | None:
+        """The bytes ``sendall(data)`` puts on the descriptor, for a writer that keeps count
+        of what went (``_worker.Channel._write``); None on Windows, whose pipes carry whole
+        messages with no descriptor to write to."""
+        if sys.platform == "win32":
+            return None
+        view = memoryview(data)
+        return b"".join(
+            _compat.connection_message(view[start : start + MESSAGE_LIMIT])
+            for start in range(0, len(view), MESSAGE_LIMIT)
+        )
+
+    def send(self, data: bytes | memoryview) -> int:
         self.sendall(data)
         return len(data)
 

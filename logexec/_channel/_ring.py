@@ -108,8 +108,15 @@ class RingWriter:
         self.fd: int | None = fd
         self._counters = _counters(self._mapping)
         self._data = memoryview(self._mapping)[CONTROL_SIZE:]
-        self._end = 0
+        # Bytes copied in so far (only grows). Moved past a piece only once the piece is
+        # copied, in one store, so that a signal handler's exception landing anywhere in a
+        # write leaves it true: the channel reads it to tell how much of an interrupted
+        # frame went in, and to finish the frame from there.
+        self.end = 0
         # Free bytes as of the last look at the reader's start: re-read only when short.
+        # Never more than the truth at any point a signal handler may interrupt (lowered
+        # before a write, raised only from the reader's start): a stale count that is too
+        # high would overwrite bytes the listener has not read.
         self._free = CAPACITY
 
     def close_fd(self) -> None:
@@ -128,19 +135,19 @@ class RingWriter:
             self._free = self._room()
             if size > self._free:
                 return False
-        self._publish(frame)
         self._free -= size
+        self._publish(frame)
         if self._counters[_AWAKE_UNTIL] < _monotonic_ns():
             self._wake()
         return True
 
     def _room(self) -> int:
-        return CAPACITY - (self._end - self._counters[_START])
+        return CAPACITY - (self.end - self._counters[_START])
 
     def _publish(self, data: bytes | memoryview) -> None:
         """Copy ``data`` (which fits) in after the end, then move the end past it."""
         size = len(data)
-        position = self._end & _MASK
+        position = self.end & _MASK
         stop = position + size
         if stop <= CAPACITY:
             self._data[position:stop] = data
@@ -148,25 +155,33 @@ class RingWriter:
             first = CAPACITY - position
             self._data[position:] = data[:first]
             self._data[: size - first] = data[first:]
-        self._end += size
-        self._counters[_END] = self._end
+        self.end += size
+        # Also publishes a piece whose own publication an exception cut short.
+        self._counters[_END] = self.end
+
+    def settle(self) -> None:
+        """Publish everything copied in, and re-read the free space: after an interruption."""
+        self._counters[_END] = self.end
+        self._free = self._room()
 
     def listener_asleep(self) -> bool:
         """Whether the listener (if it is alive) needs a wake-up to see what we wrote."""
         return bool(self._counters[_AWAKE_UNTIL] < _monotonic_ns())
 
-    def write_waiting(self, frame: bytes, *, always_wake: bool = False) -> None:
+    def write_waiting(self, frame: bytes | memoryview, *, always_wake: bool = False, start: int = 0) -> None:
         """Write ``frame`` piece by piece as the listener makes room, then wake it if needed.
 
         For a full ring, a frame larger than the ring, and barriers (``always_wake``: a
         barrier waits for the listener, so it must not wait for a missed wake-up).
         Publishing part of a frame is safe: the listener reassembles frames, and a worker
         killed halfway leaves a cut-off frame, which the listener reports, of a log call
-        that had not returned. Between naps ``check`` raises if the parent is gone, the only
-        way this ends early.
+        that had not returned. Between naps ``check`` raises if the parent is gone; a signal
+        handler may raise too, in a nap or anywhere: ``end`` then says how far the frame
+        got, and a call with ``start`` at that offset finishes it.
         """
         view = memoryview(frame)
-        written = 0
+        written = start
+        self._free = 0  # until the end: an interruption must not leave it too high
         delay = _FULL_WAIT_FIRST
         woken = False
         while written < len(view):

@@ -67,14 +67,27 @@ class WorkerHandler(logging.handlers.QueueHandler):
             task_id = None
         try:
             frame = _framing.encode_record(record, task_id)
-        except Exception:
-            # encode_record is built never to raise; if it did, say so the way logging
-            # does (a traceback on stderr), and keep the record on stderr too.
-            self.handleError(record)
-            self._to_stderr(record)
+        except Exception as error:
+            self._encode_again(record, error, task_id)
             return True
         channel.put(frame, record)
         return True
+
+    def _encode_again(self, record: logging.LogRecord, error: Exception, task_id: int | None) -> None:
+        """After ``encode_record`` raised, which it is built never to do by itself."""
+        try:
+            frame = _framing.encode_record(record, task_id)
+        except Exception:
+            # A fault of ours: say so the way logging does (a traceback on stderr), and
+            # keep the record on stderr too.
+            self.handleError(record)
+            self._to_stderr(record)
+            return
+        # Encoding is deterministic, so what raised the first time was a signal handler
+        # (a timeout that raises): the record goes out whole, and the task gets its
+        # exception, as it would have without logexec.
+        self._channel.put(frame, record)
+        raise error
 
     def _to_stderr(self, record: logging.LogRecord) -> None:
         # The parent cannot be reached. The record must not vanish, so it goes to this

@@ -15,6 +15,7 @@ record goes to this worker's stderr, after a one-time notice that says why.
 
 from __future__ import annotations
 
+import functools
 import logging
 import logging.handlers
 import os
@@ -215,12 +216,23 @@ class Channel:
             # Nearly every call: a copy into the ring, no system call. Flagged as a write
             # like any other, so that a signal handler's record waits its turn (see _send).
             self._writing = True
+            mark = ring.end
             try:
                 written = ring.write(frame)
             except OSError:
                 self._break()
                 self.fallback(record)
                 written = True
+            except BaseException:
+                # A signal handler raised inside the copy (see _write): the frame went in
+                # whole or not at all. Finish the job, then let the exception go on.
+                self._writing = False
+                if ring.end == mark:
+                    self._send(frame, record)
+                else:
+                    self.records_in_task += 1
+                    ring.settle()
+                raise
             else:
                 if written:
                     self.records_in_task += 1
@@ -257,18 +269,67 @@ class Channel:
         except (OSError, EOFError):  # EOFError: a forked child's reconnection was refused
             self._break()
             self.fallback(record)
-        else:
-            self.records_in_task += 1
 
-    def _write(self, frame: bytes) -> None:
+    def _write(self, frame: bytes, *, barrier: bool = False) -> None:
+        """Write the whole frame and count it; then raise what a signal handler raised meanwhile.
+
+        A signal handler's exception (a ``signal.alarm`` timeout, Ctrl-C) surfaces between
+        two bytecodes, or in a system call that the signal interrupted: halfway through a
+        frame, it would leave the channel mid-frame for good. So it is held until the frame
+        is complete, and how far the frame got is always read from state that each piece
+        moves in the same step as it goes out, never from a local that the exception could
+        skip: the ring's ``end``, or the counts that ``send`` returns, kept by C code
+        (``list.extend`` over ``map``) before control is back where a handler could run.
+        """
         ring = self._ready_ring
         if ring is None:
             self._prepare_slow_path()
             ring = self._ready_ring  # a child forked by a task has a new one now
-        if ring is None:
-            self._socket.sendall(frame)  # type: ignore[union-attr]  # checked above
-        elif not ring.write(frame):  # nearly every call: a copy, no system call
-            ring.write_waiting(frame)
+        sock = self._socket
+        assert sock is not None  # checked above
+        view = memoryview(frame)
+        send: Callable[[memoryview], int] = sock.send
+        if isinstance(sock, _portable.StreamConnection):
+            wire = sock.wire(frame)
+            if wire is not None:
+                # send_bytes cannot say how much of a message it wrote before a handler
+                # raised: write the stdlib's messages on the descriptor ourselves.
+                view = memoryview(wire)
+                send = functools.partial(os.write, sock.fileno())
+        size = len(view)
+        mark = ring.end if ring is not None else 0
+        sent: list[int] = []
+        woken = not barrier
+        interrupted: BaseException | None = None
+        while True:
+            try:
+                if ring is not None:
+                    done = ring.end - mark
+                    if done < size and not (done == 0 and ring.write(frame)):
+                        ring.write_waiting(view, start=ring.end - mark)
+                    ring.settle()
+                    if not woken:
+                        # A barrier waits for the listener, so it must not wait for a
+                        # missed wake-up. A wake-up cut short is simply sent again.
+                        self._wake()
+                        woken = True
+                else:
+                    done = sum(sent)
+                    while done < size:
+                        sent.extend(map(send, (view[done:],)))
+                        done = sum(sent)
+                break
+            except (OSError, EOFError):
+                raise
+            except BaseException as error:
+                if interrupted is None:
+                    interrupted = error
+        if barrier:
+            self._barriers += 1
+        else:
+            self.records_in_task += 1
+        if interrupted is not None:
+            raise interrupted
 
     def _prepare_slow_path(self) -> None:
         if self._forked:
@@ -343,13 +404,8 @@ class Channel:
             barrier = _framing.encode_barrier(task_id)
             self._writing = True  # a signal handler's record waits until the barrier is out
             try:
-                if self._ring is not None:
-                    # Behind the task's records in the ring, and a wake-up every time: a
-                    # barrier waits for the listener, so it must not wait for a missed one.
-                    self._ring.write_waiting(barrier, always_wake=True)
-                else:
-                    self._socket.sendall(barrier)
-                self._barriers += 1
+                # Counts the barrier; behind the task's records in the ring, if any.
+                self._write(barrier, barrier=True)
                 expected = _framing.barrier_ack(self._barriers)
             except OSError:
                 self._break()
