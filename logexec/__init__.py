@@ -21,8 +21,9 @@ cut off mid-write damages nothing else, and a slow parent holds the writers back
 of letting memory grow. See ``_channel`` for the data flow.
 """
 
+from ._dispatch import capture_records
 from ._executor import LoggingProcessPoolExecutor
 
-__all__ = ["LoggingProcessPoolExecutor", "__version__"]
+__all__ = ["LoggingProcessPoolExecutor", "__version__", "capture_records"]
 
 __version__ = "0.1.0"

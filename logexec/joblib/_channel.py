@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._channel import Levels, LogChannel, current_levels, initialize
-from .._dispatch import Dispatcher, ForgetWhenDone
+from .._dispatch import Captures, Dispatcher, ForgetWhenDone, append_captured, captures_of
 
 
 class RoutingDispatcher(Dispatcher):
@@ -42,12 +42,14 @@ class RoutingDispatcher(Dispatcher):
 
     def __init__(self) -> None:
         super().__init__(None)
-        self._routes: dict[int, tuple[Dispatcher, contextvars.Context | None]] = {}
+        self._routes: dict[int, tuple[Dispatcher, contextvars.Context | None, Captures | None]] = {}
 
     def route(self, task_id: int, dispatcher: Dispatcher, context: contextvars.Context | None) -> None:
         # A plain dict: one item set, read or popped at a time is atomic, and this runs once
         # per batch on the submitting thread and once per record on the listener's.
-        self._routes[task_id] = (dispatcher, context)
+        # The capture_records lists open in the caller's context, looked up once per batch.
+        captures = captures_of(context) if context is not None else None
+        self._routes[task_id] = (dispatcher, context, captures)
 
     def forget(self, task_id: int) -> None:
         self._routes.pop(task_id, None)
@@ -60,7 +62,9 @@ class RoutingDispatcher(Dispatcher):
         if route is None:
             super().dispatch(None, record)
             return
-        dispatcher, context = route
+        dispatcher, context, captures = route
+        if captures is not None:
+            append_captured(captures, record)
         if context is None:
             dispatcher.dispatch(None, record)
         else:
