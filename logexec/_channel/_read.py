@@ -227,6 +227,9 @@ class Reading(Accepting):
         decode = _records.decode_record
         unpack = _framing.HEADER.unpack_from
         header_size = _framing.HEADER_SIZE
+        # Kept for a crash's notes: one append per record, formatted only if it dies.
+        remember = connection.recent.append
+        task_id: int | None = None
         needed = records = barriers = 0
         while end - position >= header_size:
             size, kind = unpack(view, position)
@@ -242,6 +245,7 @@ class Reading(Accepting):
                     # The frame's length was sound, so the stream is not: only this record
                     # is lost, and a record saying so takes its place.
                     task_id, record = None, _stand_in(connection, error)
+                remember(record)
                 try:
                     dispatch(task_id, record)
                 except BaseException as error:  # dispatch reports its own; this is a last resort
@@ -255,6 +259,8 @@ class Reading(Accepting):
                 self._fail(selector, connection, f"it sent a frame of unknown kind {kind}")
                 return
             position = stop
+        if task_id is not None:
+            connection.last_task = task_id
         self._pass_records += records
         self._pass_barriers += barriers
         leftover = end - position
@@ -296,7 +302,9 @@ class Reading(Accepting):
             if connection.closed:
                 return  # closed for a protocol error while draining
         if connection.pid:
-            self._worker_exits.append(WorkerExit(connection.pid, connection.filled))
+            self._worker_exits.append(
+                WorkerExit(connection.pid, connection.filled, connection.recent, connection.last_task)
+            )
             self._notify_worker_exit()
         if connection.filled and connection.pid:
             # The worker died in the middle of writing a frame. That record's log call had

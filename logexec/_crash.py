@@ -1,0 +1,181 @@
+"""What a broken pool says: the notes that name each dead worker, how it ended, and what it did.
+
+The stdlib's ``BrokenProcessPool`` says only that "a process in the process pool was
+terminated abruptly". The parent knows more: the listener hands over each dead worker's
+last records and the task id of the last one (``WorkerExit``), and the pool knows each
+worker's exit code and its pending work. ``CrashLog`` gathers the first as the listener
+hears of them; when the pool breaks, ``notes`` turns both into one note per dead worker,
+added to the exception (PEP 678 ``add_note``; before 3.11, appended to its message)::
+
+    logexec: worker 4242 was killed by signal SIGKILL (9)
+      running: tests.crash_tasks.log_then_die('SIGKILL', 'xxxx...xxxx', count=3)
+      its last 3 records (oldest first):
+        WARNING tests.crash: step 0 of 3 before SIGKILL
+        ...
+
+Nothing here runs per record: the listener keeps the last records as they came, and they
+are formatted only when a pool breaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import reprlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from ._channel import WorkerExit
+
+# At most this many record lines per worker, and this many characters of them in all.
+MAX_RECORD_LINES = 10
+MAX_RECORD_CHARS = 4096
+# One record's line is cut here, so that one huge message cannot take the whole budget.
+MAX_LINE_CHARS = 500
+# The task's arguments, as shown: each cut by reprlib, all together at most this long.
+MAX_ARGS_CHARS = 200
+# How long the pool's breaking waits for the listener to hear of a dead worker's end (its
+# last records are read by then). A worker that died before it connected is never heard
+# of: the note then says its records are unknown.
+LISTENER_WAIT_SECONDS = 2.0
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 40
+_REPR.maxother = 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+# A task as the pool holds it: its function, positional and keyword arguments (the user's).
+Task = tuple[Callable[..., Any], Sequence[Any], Mapping[str, Any]]
+
+
+class CrashLog:
+    """The exits the listener has heard of, by pid; and the notes of the pool's breaking."""
+
+    def __init__(self) -> None:
+        self._exits: dict[int, WorkerExit] = {}
+        self._heard = threading.Condition(threading.Lock())
+        # Set when the pool breaks: a later submit's BrokenProcessPool carries them too.
+        self.notes: tuple[str, ...] = ()
+
+    def add(self, exits: Iterable[WorkerExit]) -> None:
+        """On the listener thread: remember each exit (told again is harmless)."""
+        with self._heard:
+            for worker_exit in exits:
+                self._exits[worker_exit.pid] = worker_exit
+            self._heard.notify_all()
+
+    def wait_for(self, pids: Iterable[int], timeout: float) -> dict[int, WorkerExit]:
+        """The exits of ``pids`` heard within ``timeout`` seconds (those heard of, if not all)."""
+        wanted = set(pids)
+        deadline = time.monotonic() + timeout
+        with self._heard:
+            while not wanted <= self._exits.keys():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._heard.wait(left)
+            return {pid: self._exits[pid] for pid in wanted if pid in self._exits}
+
+    def make_notes(self, exit_codes: Mapping[int, int], tasks: Mapping[int, Task]) -> tuple[str, ...]:
+        """One note per dead worker (``exit_codes``: pid to exit code), waiting for the listener.
+
+        ``tasks``: the pool's pending tasks by task id, to name what each worker ran.
+        """
+        heard = self.wait_for(exit_codes, LISTENER_WAIT_SECONDS)
+        notes = tuple(
+            worker_note(pid, code, heard.get(pid), tasks) for pid, code in sorted(exit_codes.items())
+        )
+        self.notes = notes
+        return notes
+
+
+def worker_note(pid: int, exit_code: int, worker_exit: WorkerExit | None, tasks: Mapping[int, Task]) -> str:
+    """The note for one dead worker: how it ended, its task, its last records."""
+    lines = [f"logexec: worker {pid} {describe_exit(exit_code)}"]
+    if worker_exit is None:
+        lines.append("  its task and last records are unknown: its connection to the log listener had not ended")
+        return "\n".join(lines)
+    task = tasks.get(worker_exit.last_task) if worker_exit.last_task is not None else None
+    if task is not None:
+        lines.append(f"  running: {describe_call(*task)}")
+    else:
+        lines.append("  running: no task that had logged (it was idle, or its task had not logged yet)")
+    records = record_lines(worker_exit.records)
+    if records:
+        lines.append(f"  its last {len(records)} records (oldest first):")
+        lines.extend(f"    {line}" for line in records)
+    else:
+        lines.append("  it had logged nothing")
+    if worker_exit.cut_off:
+        lines.append(f"  it died while writing a record ({worker_exit.cut_off} bytes of it, discarded)")
+    return "\n".join(lines)
+
+
+def describe_exit(exit_code: int) -> str:
+    """'was killed by signal SIGKILL (9)', or 'exited with code 3'."""
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"was killed by signal {name} ({-exit_code})"
+    return f"exited with code {exit_code}"
+
+
+def describe_call(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """``module.qualname(args...)``, the arguments cut short."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    parts = [_safe_repr(value) for value in args]
+    parts.extend(f"{key}={_safe_repr(value)}" for key, value in kwargs.items())
+    shown = ", ".join(parts)
+    if len(shown) > MAX_ARGS_CHARS:
+        shown = shown[: MAX_ARGS_CHARS - 3] + "..."
+    return f"{module}.{name}({shown})" if module else f"{name}({shown})"
+
+
+def record_lines(records: Sequence[logging.LogRecord]) -> list[str]:
+    """``LEVEL logger: message`` per record, the newest kept within the line and size bounds."""
+    lines: list[str] = []
+    size = 0
+    for record in reversed(records[-MAX_RECORD_LINES:]):
+        line = _record_line(record)
+        if size + len(line) > MAX_RECORD_CHARS:
+            break
+        size += len(line) + 1
+        lines.append(line)
+    lines.reverse()
+    return lines
+
+
+def _record_line(record: logging.LogRecord) -> str:
+    try:
+        message = record.getMessage()
+    except Exception:
+        message = f"{record.msg!r} % {record.args!r}"  # the args do not fit the template
+    line = f"{record.levelname} {record.name}: {message}".replace("\n", "\\n")
+    if len(line) > MAX_LINE_CHARS:
+        line = line[: MAX_LINE_CHARS - 3] + "..."
+    return line
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return _REPR.repr(value)
+    except Exception:
+        return f"<{type(value).__qualname__} object>"
+
+
+def add_notes(error: BaseException, notes: Sequence[str]) -> None:
+    """Add ``notes`` to ``error``: PEP 678 notes from 3.11, its message before."""
+    if not notes:
+        return
+    if sys.version_info >= (3, 11):
+        for note in notes:
+            error.add_note(note)
+    else:
+        head = str(error.args[0]) if error.args else ""
+        error.args = ("\n".join([head, *notes]), *error.args[1:])
