@@ -22,7 +22,9 @@ from typing import Any
 # What note_when_broken hands its annotate: the dead workers' exit codes by pid, and the
 # pool's pending work as (function, args, kwargs) of each call it was given.
 PendingWork = list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
-Annotate = Callable[[dict[int, int], PendingWork], Sequence[str]]
+# exit_codes(settle): the dead workers' codes, having waited up to settle s for more to end.
+ExitCodes = Callable[[float], dict[int, int]]
+Annotate = Callable[[ExitCodes, PendingWork], Sequence[str]]
 AddNotes = Callable[[BaseException, Sequence[str]], None]
 
 
@@ -183,8 +185,9 @@ def note_when_broken(executor: object, annotate: Annotate, add_notes: AddNotes) 
     The stdlib's manager thread breaks the pool in ``terminate_broken``: it makes one
     ``BrokenProcessPool`` and sets it on every pending future, whose waiters may print it
     at once; notes added afterwards would race with them. So that method is wrapped, on
-    the thread object only: first ``annotate`` gets the dead workers' exit codes (from the
-    pool's processes, as the manager itself reads them) and the pending work, then, while
+    the thread object only: first ``annotate`` gets a way to read the dead workers' exit
+    codes (from the pool's processes, as the manager itself reads them; workers killed
+    together may end a moment apart, so it may look twice) and the pending work, then, while
     the stdlib's own code runs, each pending future's ``set_exception`` adds the notes to
     the exception before storing it. Returns False (nothing done) when the pool has no
     manager thread yet or no such method.
@@ -202,9 +205,9 @@ def note_when_broken(executor: object, annotate: Annotate, add_notes: AddNotes) 
     def terminate_broken(*args: Any, **kwargs: Any) -> Any:
         hooked: list[Future[Any]] = []
         try:
-            codes = _exit_codes(list(processes.items()))
             items = list(work_items.values())
-            notes = annotate(codes, [(item.fn, tuple(item.args), dict(item.kwargs)) for item in items])
+            work = [(item.fn, tuple(item.args), dict(item.kwargs)) for item in items]
+            notes = annotate(lambda settle: _exit_codes(list(processes.items()), settle), work)
             noting = _NotingSetException(notes, add_notes)
             for item in items:
                 future = item.future
@@ -229,13 +232,21 @@ def note_when_broken(executor: object, annotate: Annotate, add_notes: AddNotes) 
 REAP_WAIT_SECONDS = 1.0
 
 
-def _exit_codes(processes: list[tuple[int, Any]]) -> dict[int, int]:
-    """The exit code of each process that has ended (its sentinel is ready), by pid."""
+def _exit_codes(processes: list[tuple[int, Any]], settle: float) -> dict[int, int]:
+    """The exit code of each process that has ended (its sentinel is ready), by pid.
+
+    With ``settle``, waits that long for more to end: workers killed together end a
+    moment apart, and the pool breaks on the first.
+    """
     by_sentinel = {}
     for pid, process in processes:
         with contextlib.suppress(ValueError, AttributeError):
             by_sentinel[process.sentinel] = (pid, process)
-    ended = multiprocessing.connection.wait(list(by_sentinel), 0) if by_sentinel else []
+    ended = set(multiprocessing.connection.wait(list(by_sentinel), 0)) if by_sentinel else set()
+    deadline = time.monotonic() + settle
+    while len(ended) < len(by_sentinel) and time.monotonic() < deadline:
+        waiting = [sentinel for sentinel in by_sentinel if sentinel not in ended]
+        ended.update(multiprocessing.connection.wait(waiting, max(0.0, deadline - time.monotonic())))
     codes: dict[int, int] = {}
     deadline = time.monotonic() + REAP_WAIT_SECONDS
     for sentinel in ended:

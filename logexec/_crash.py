@@ -41,6 +41,9 @@ MAX_ARGS_CHARS = 200
 # last records are read by then). A worker that died before it connected is never heard
 # of: the note then says its records are unknown.
 LISTENER_WAIT_SECONDS = 2.0
+# After the first dead worker, how long the others may take to be seen dead too: workers
+# killed together (the OOM killer, a kill of the process group) end a moment apart.
+SETTLE_SECONDS = 0.25
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = 40
@@ -79,15 +82,22 @@ class CrashLog:
                 self._heard.wait(left)
             return {pid: self._exits[pid] for pid in wanted if pid in self._exits}
 
-    def make_notes(self, exit_codes: Mapping[int, int], tasks: Mapping[int, Task]) -> tuple[str, ...]:
-        """One note per dead worker (``exit_codes``: pid to exit code), waiting for the listener.
+    def make_notes(
+        self, exit_codes: Callable[[float], Mapping[int, int]], tasks: Mapping[int, Task]
+    ) -> tuple[str, ...]:
+        """One note per dead worker, waiting (bounded) for the listener to hear of each.
 
-        ``tasks``: the pool's pending tasks by task id, to name what each worker ran.
+        ``exit_codes(settle)`` reads the dead workers' exit codes by pid; it is read again,
+        allowing ``SETTLE_SECONDS`` for more to end, so that workers killed together are
+        all named though the pool noticed one first. ``tasks``: the pool's pending tasks by task id.
         """
-        heard = self.wait_for(exit_codes, LISTENER_WAIT_SECONDS)
-        notes = tuple(
-            worker_note(pid, code, heard.get(pid), tasks) for pid, code in sorted(exit_codes.items())
-        )
+        codes = dict(exit_codes(0.0))
+        heard = self.wait_for(codes, LISTENER_WAIT_SECONDS)
+        later = {pid: code for pid, code in exit_codes(SETTLE_SECONDS).items() if pid not in codes}
+        if later:
+            codes.update(later)
+            heard.update(self.wait_for(later, LISTENER_WAIT_SECONDS))
+        notes = tuple(worker_note(pid, code, heard.get(pid), tasks) for pid, code in sorted(codes.items()))
         self.notes = notes
         return notes
 
@@ -96,7 +106,7 @@ def worker_note(pid: int, exit_code: int, worker_exit: WorkerExit | None, tasks:
     """The note for one dead worker: how it ended, its task, its last records."""
     lines = [f"logexec: worker {pid} {describe_exit(exit_code)}"]
     if worker_exit is None:
-        lines.append("  its task and last records are unknown: its connection to the log listener had not ended")
+        lines.append("  its task and last records are unknown: its log connection had not ended")
         return "\n".join(lines)
     task = tasks.get(worker_exit.last_task) if worker_exit.last_task is not None else None
     if task is not None:
@@ -105,7 +115,8 @@ def worker_note(pid: int, exit_code: int, worker_exit: WorkerExit | None, tasks:
         lines.append("  running: no task that had logged (it was idle, or its task had not logged yet)")
     records = record_lines(worker_exit.records)
     if records:
-        lines.append(f"  its last {len(records)} records (oldest first):")
+        noun = "record" if len(records) == 1 else "records"
+        lines.append(f"  its last {len(records)} {noun} (oldest first):")
         lines.extend(f"    {line}" for line in records)
     else:
         lines.append("  it had logged nothing")

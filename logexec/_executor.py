@@ -404,7 +404,7 @@ class _CrashNotes:
     def __init__(self, crashes: _crash.CrashLog) -> None:
         self._crashes = crashes
 
-    def __call__(self, exit_codes: dict[int, int], work: _compat.PendingWork) -> Sequence[str]:
+    def __call__(self, exit_codes: _compat.ExitCodes, work: _compat.PendingWork) -> Sequence[str]:
         # Each call item is run_task(task_id, addresses, captured, levels, fn, *args).
         tasks = {
             args[0]: (args[4], args[5:], kwargs)

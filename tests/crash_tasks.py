@@ -46,3 +46,10 @@ def log_then_wait(path: str, tag: str) -> int:
 def pid_after_logging(tag: str) -> int:
     log.info("idle soon %s", tag)
     return os.getpid()
+
+
+def log_big_then_die(size: int) -> None:
+    """Log ten huge records, then die: the notes must stay within their 4 KB."""
+    for index in range(10):
+        log.error("big %d %s", index, "y" * size)
+    os.kill(os.getpid(), signal.SIGKILL)
