@@ -179,7 +179,9 @@ def terminate_workers(executor: object) -> None:
         sentinels = [sentinel for sentinel in sentinels if sentinel not in ready]
 
 
-def note_when_broken(executor: object, annotate: Annotate, add_notes: AddNotes) -> bool:
+def note_when_broken(
+    executor: object, annotate: Annotate, add_notes: AddNotes, on_error: Callable[[BaseException], None]
+) -> bool:
     """Have the ``BrokenProcessPool`` of a breaking pool carry ``annotate``'s notes.
 
     The stdlib's manager thread breaks the pool in ``terminate_broken``: it makes one
@@ -190,7 +192,8 @@ def note_when_broken(executor: object, annotate: Annotate, add_notes: AddNotes) 
     together may end a moment apart, so it may look twice) and the pending work, then, while
     the stdlib's own code runs, each pending future's ``set_exception`` adds the notes to
     the exception before storing it. Returns False (nothing done) when the pool has no
-    manager thread yet or no such method.
+    manager thread yet or no such method. Should making the notes fail, ``on_error`` is
+    told, and the pool breaks all the same, without them.
     """
     thread = manager_thread(executor)
     original = getattr(thread, "terminate_broken", None)
@@ -214,9 +217,7 @@ def note_when_broken(executor: object, annotate: Annotate, add_notes: AddNotes) 
                 future.set_exception = noting.bind(future)
                 hooked.append(future)
         except Exception as error:  # the notes are a courtesy: the pool must break regardless
-            from ._channel import report
-
-            report(logging.ERROR, "logexec: the notes of a broken pool could not be made: %r", error)
+            on_error(error)
         try:
             return original(*args, **kwargs)
         finally:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from ._channel import WorkerExit
+from ._channel import WorkerExit, report
 
 # At most this many record lines per worker, and this many characters of them in all.
 MAX_RECORD_LINES = 10
@@ -190,3 +190,8 @@ def add_notes(error: BaseException, notes: Sequence[str]) -> None:
     else:
         head = str(error.args[0]) if error.args else ""
         error.args = ("\n".join([head, *notes]), *error.args[1:])
+
+
+def report_failure(error: BaseException) -> None:
+    """The notes could not be made: say so (the pool breaks as the stdlib's, without them)."""
+    report(logging.ERROR, "logexec: the notes of a broken pool could not be made", exc_info=error)

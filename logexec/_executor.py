@@ -295,7 +295,9 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         # takes before it can break the pool: hooked here, the notes cannot miss a worker
         # that dies at once (see _compat.note_when_broken; tests/test_compat.py pins both).
         super()._start_executor_manager_thread()
-        _compat.note_when_broken(self, _CrashNotes(self._logexec_crashes), _crash.add_notes)
+        _compat.note_when_broken(
+            self, _CrashNotes(self._logexec_crashes), _crash.add_notes, _crash.report_failure
+        )
 
     def _start_threads(self) -> None:
         """After the pool's submit: our threads; if one cannot start, the pool breaks."""
@@ -344,7 +346,9 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             manager = _compat.manager_thread(self)
             if manager is None:
                 return  # submit failed before the pool started; the next one tries again
-            _compat.note_when_broken(self, _CrashNotes(self._logexec_crashes), _crash.add_notes)
+            _compat.note_when_broken(
+                self, _CrashNotes(self._logexec_crashes), _crash.add_notes, _crash.report_failure
+            )
             # Not a daemon: at interpreter exit the stdlib finishes pending work and joins
             # its manager threads, then the interpreter joins this one, which reads the
             # last records before logging shuts down.
