@@ -50,6 +50,8 @@ def test_three_threads_each_see_only_their_own_tasks(
 ) -> None:
     """Three threads, one executor, each its own block: no record of another thread's task."""
     executor = make_executor(max_workers=2)
+    # Workers started from this thread first: forking a multi-threaded process is unsafe.
+    executor.submit(crash_tasks.log_lines, "warm", 0).result(timeout=RESULT_TIMEOUT)
     seen: dict[str, list[str]] = {}
     failures: list[BaseException] = []
     start = threading.Barrier(3)
