@@ -210,7 +210,7 @@ def note_when_broken(
         try:
             items = list(work_items.values())
             work = [(item.fn, tuple(item.args), dict(item.kwargs)) for item in items]
-            notes = annotate(lambda settle: _exit_codes(list(processes.items()), settle), work)
+            notes = annotate(lambda settle: exit_codes_of(list(processes.items()), settle), work)
             noting = _NotingSetException(notes, add_notes)
             for item in items:
                 future = item.future
@@ -233,7 +233,7 @@ def note_when_broken(
 REAP_WAIT_SECONDS = 1.0
 
 
-def _exit_codes(processes: list[tuple[int, Any]], settle: float) -> dict[int, int]:
+def exit_codes_of(processes: list[tuple[int, Any]], settle: float) -> dict[int, int]:
     """The exit code of each process that has ended (its sentinel is ready), by pid.
 
     With ``settle``, waits that long for more to end: workers killed together end a

@@ -110,14 +110,24 @@ def test_records_the_parent_drops_are_still_captured(
 
 def test_the_joblib_backend_captures_per_caller() -> None:
     joblib = pytest.importorskip("joblib")
+    from joblib.externals.loky import reusable_executor
+
+    from logexec.joblib import _channel as joblib_channel
     from logexec.joblib import register_logexec
 
     register_logexec("logexec-capture-test")
-    with joblib.parallel_config(backend="logexec-capture-test", n_jobs=2):
-        with logexec.capture_records() as records:
-            calls = (joblib.delayed(crash_tasks.log_lines)(f"j{job}", 5) for job in range(4))
-            results = joblib.Parallel()(calls)
-        outside = joblib.Parallel()(joblib.delayed(crash_tasks.log_lines)("later", 2) for _ in range(2))
+    try:
+        with joblib.parallel_config(backend="logexec-capture-test", n_jobs=2):
+            with logexec.capture_records() as records:
+                calls = (joblib.delayed(crash_tasks.log_lines)(f"j{job}", 5) for job in range(4))
+                results = joblib.Parallel()(calls)
+            outside = joblib.Parallel()(joblib.delayed(crash_tasks.log_lines)("later", 2) for _ in range(2))
+    finally:
+        # Later tests fork: no loky pool nor listener thread left behind.
+        executor = reusable_executor._executor
+        if executor is not None:
+            executor.shutdown(wait=True)
+        joblib_channel.stop()
     assert results == [f"j{job}" for job in range(4)] and outside == ["later", "later"]
     messages = _messages(records)
     assert sorted(messages) == sorted(f"j{job} {index}" for job in range(4) for index in range(5))

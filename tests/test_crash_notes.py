@@ -7,9 +7,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,41 @@ def test_describe_exit_and_call_unit() -> None:
     assert _crash.describe_exit(-200) == "was killed by signal an unknown signal (200)"
     text = _crash.describe_call(crash_tasks.log_lines, ("a" * 500,), {"n": list(range(100))})
     assert text.startswith("tests.crash_tasks.log_lines('aaaa") and len(text) < 300
+
+
+@pytest.fixture
+def joblib_backend() -> Iterator[Any]:
+    """The logexec joblib backend; loky's pool and the listener are gone afterwards."""
+    joblib = pytest.importorskip("joblib")
+    from joblib.externals.loky import reusable_executor
+
+    from logexec.joblib import _channel as joblib_channel
+    from logexec.joblib import register_logexec
+
+    register_logexec("logexec-crash-test")
+    yield joblib
+    executor = reusable_executor._executor
+    if executor is not None:
+        executor.shutdown(wait=True)
+    joblib_channel.stop()
+
+
+def test_joblib_terminated_worker_error_carries_the_notes(
+    joblib_backend: Any, collect: Callable[..., ListHandler]
+) -> None:
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    handler = collect()
+    joblib = joblib_backend
+    with joblib.parallel_config(backend="logexec-crash-test", n_jobs=2):
+        # One call first, so that loky's manager thread runs (the hook is set after a submit).
+        assert joblib.Parallel()(joblib.delayed(crash_tasks.log_lines)("warm", 1) for _ in range(2))
+        with pytest.raises(TerminatedWorkerError) as raised:
+            joblib.Parallel()(
+                joblib.delayed(crash_tasks.log_then_die)("SIGKILL", "z" * 500) for _ in range(1)
+            )
+    notes = notes_of(raised.value)
+    pid = next(record.process for record in handler.records if "before SIGKILL" in record.getMessage())
+    assert f"logexec: worker {pid} was killed by signal SIGKILL (9)" in notes, notes
+    assert "running: tests.crash_tasks.log_then_die('SIGKILL', 'zzzz" in notes, notes
+    assert "WARNING tests.crash: step 2 of 3 before SIGKILL" in notes

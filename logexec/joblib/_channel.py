@@ -28,13 +28,16 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from .._channel import Levels, LogChannel, current_levels, initialize
+from .. import _crash
+from .._channel import Levels, LogChannel, WorkerExit, current_levels, initialize
 from .._dispatch import Captures, Dispatcher, ForgetWhenDone, append_captured, captures_of
+from . import _compat as _joblib_compat
+from ._worker import run_batch
 
 
 class RoutingDispatcher(Dispatcher):
@@ -76,8 +79,10 @@ class Channel:
 
     def __init__(self) -> None:
         self.dispatcher = RoutingDispatcher()
-        # No worker-exit callback: loky's own manager thread watches its workers' sentinels.
-        self.listener = LogChannel(self.dispatcher)
+        # What the listener tells of dead workers, for the notes of a broken pool; loky's own
+        # manager thread watches its workers' sentinels.
+        self.crashes = _crash.CrashLog()
+        self.listener = LogChannel(self.dispatcher, self._heard)
         # The same config object for every executor this channel serves (see the docstring).
         # Levels are captured by WorkerConfig.__reduce__ when loky pickles it for a new worker.
         self.config = self.listener.open()
@@ -88,6 +93,23 @@ class Channel:
         # The executor served last; a new one gets a finalizer (see serve()).
         self._served: weakref.ref[Any] | None = None
         self._token: object = None
+
+    def _heard(self, exits: Sequence[WorkerExit]) -> bool:
+        self.crashes.add(exits)
+        return True
+
+    def note_breaks(self, executor: object) -> None:
+        """Have loky's ``TerminatedWorkerError`` name the dead workers (see ``_crash``)."""
+        _joblib_compat.note_when_broken(executor, self._notes, _crash.add_notes, _crash.report_failure)
+
+    def _notes(self, exit_codes: Callable[[float], dict[int, int]], functions: list[Any]) -> Sequence[str]:
+        tasks: dict[int, _crash.Task] = {}
+        for function in functions:
+            # Each call item is partial(run_batch, levels, task_id, batch) (LogexecBackend).
+            arguments: tuple[Any, ...] = getattr(function, "args", ())
+            if getattr(function, "func", None) is run_batch and len(arguments) == 3:
+                tasks[arguments[1]] = _first_call(arguments[2])
+        return self.crashes.make_notes(exit_codes, tasks)
 
     def next_task_id(self) -> int:
         return next(self._task_ids)  # itertools.count is atomic under the GIL
@@ -188,6 +210,16 @@ def _reset_after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # no fork, hence no hook, on Windows
     os.register_at_fork(after_in_child=_reset_after_fork_in_child)
+
+
+def _first_call(batch: Any) -> _crash.Task:
+    """The first call of a joblib batch (its ``items``: (function, args, kwargs) each)."""
+    items = getattr(batch, "items", None)
+    if isinstance(items, list) and items and isinstance(items[0], tuple) and len(items[0]) == 3:
+        function, args, kwargs = items[0]
+        if callable(function) and isinstance(args, (tuple, list)) and isinstance(kwargs, dict):
+            return function, args, kwargs
+    return batch, (), {}
 
 
 def capture_levels() -> Levels:
