@@ -125,6 +125,23 @@ def worker_note(pid: int, exit_code: int, worker_exit: WorkerExit | None, tasks:
     return "\n".join(lines)
 
 
+def lost_task_note(call: Task | None, records: Sequence[logging.LogRecord]) -> str:
+    """The note for a task whose workers died (Dask's ``KilledWorker``, which names them)."""
+    lines = ["logexec: the task's worker died"]
+    if call is not None:
+        lines.append(f"  task: {describe_call(*call)}")
+    shown = record_lines(list(records))
+    if shown:
+        pids = sorted({record.process for record in records if record.process is not None})
+        where = f", from worker pid {', '.join(map(str, pids))}" if pids else ""
+        noun = "record" if len(shown) == 1 else "records"
+        lines.append(f"  its last {len(shown)} {noun} (oldest first{where}):")
+        lines.extend(f"    {line}" for line in shown)
+    else:
+        lines.append("  it had logged nothing")
+    return "\n".join(lines)
+
+
 def describe_exit(exit_code: int) -> str:
     """'was killed by signal SIGKILL (9)', or 'exited with code 3'."""
     if exit_code < 0:

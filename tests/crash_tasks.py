@@ -53,3 +53,11 @@ def log_big_then_die(size: int) -> None:
     for index in range(10):
         log.error("big %d %s", index, "y" * size)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def log_pause_then_die(payload: object) -> None:
+    """Log, give Dask's batching time to send the records, then SIGKILL this worker."""
+    for index in range(3):
+        log.warning("dask step %d", index)
+    time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -177,3 +177,38 @@ def test_joblib_terminated_worker_error_carries_the_notes(
     assert f"logexec: worker {pid} was killed by signal SIGKILL (9)" in notes, notes
     assert "running: tests.crash_tasks.log_then_die('SIGKILL', 'zzzz" in notes, notes
     assert "WARNING tests.crash: step 2 of 3 before SIGKILL" in notes
+
+
+def test_dask_killed_worker_carries_the_task_and_its_last_records(
+    collect: Callable[..., ListHandler],
+) -> None:
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    from logexec.dask import LoggingDaskExecutor
+
+    collect()
+    # No retry: the first death is the KilledWorker.
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
+        executor = LoggingDaskExecutor(client)
+        try:
+            future = executor.submit(crash_tasks.log_pause_then_die, "w" * 300)
+            with pytest.raises(distributed.KilledWorker) as raised:
+                future.result(timeout=RESULT_TIMEOUT)
+        finally:
+            executor.shutdown(wait=True)
+    notes = notes_of(raised.value)
+    assert "logexec: the task's worker died" in notes, notes
+    assert "task: tests.crash_tasks.log_pause_then_die('wwww" in notes, notes
+    assert "WARNING tests.crash: dask step 2" in notes, notes
