@@ -45,6 +45,10 @@ LISTENER_WAIT_SECONDS = 2.0
 # killed together (the OOM killer, a kill of the process group) end a moment apart.
 SETTLE_SECONDS = 0.25
 
+# Exits kept for the notes, the newest: workers that retire normally (max_tasks_per_child,
+# loky's idle timeout) end too, and a long-lived pool must not keep every one of them.
+MAX_EXITS_KEPT = 256
+
 _REPR = reprlib.Repr()
 _REPR.maxstring = 40
 _REPR.maxother = 40
@@ -67,7 +71,10 @@ class CrashLog:
         """On the listener thread: remember each exit (told again is harmless)."""
         with self._heard:
             for worker_exit in exits:
+                self._exits.pop(worker_exit.pid, None)  # a reused pid goes to the end
                 self._exits[worker_exit.pid] = worker_exit
+            while len(self._exits) > MAX_EXITS_KEPT:
+                del self._exits[next(iter(self._exits))]  # dicts keep insertion order
             self._heard.notify_all()
 
     def wait_for(self, pids: Iterable[int], timeout: float) -> dict[int, WorkerExit]:

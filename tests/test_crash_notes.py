@@ -212,3 +212,13 @@ def test_dask_killed_worker_carries_the_task_and_its_last_records(
     assert "logexec: the task's worker died" in notes, notes
     assert "task: tests.crash_tasks.log_pause_then_die('wwww" in notes, notes
     assert "WARNING tests.crash: dask step 2" in notes, notes
+
+
+def test_the_crash_log_keeps_only_the_newest_exits() -> None:
+    """Workers that retire normally end too: a long-lived pool keeps a bounded number of exits."""
+    from logexec._channel import WorkerExit
+
+    crashes = _crash.CrashLog()
+    crashes.add(WorkerExit(pid, 0) for pid in range(1, _crash.MAX_EXITS_KEPT + 50))
+    heard = crashes.wait_for([1, _crash.MAX_EXITS_KEPT + 49], 0.0)
+    assert list(heard) == [_crash.MAX_EXITS_KEPT + 49]
