@@ -222,3 +222,16 @@ def test_the_crash_log_keeps_only_the_newest_exits() -> None:
     crashes.add(WorkerExit(pid, 0) for pid in range(1, _crash.MAX_EXITS_KEPT + 50))
     heard = crashes.wait_for([1, _crash.MAX_EXITS_KEPT + 49], 0.0)
     assert list(heard) == [_crash.MAX_EXITS_KEPT + 49]
+
+
+def test_the_last_ten_records_have_no_gap_after_a_burst(
+    make_executor: Callable[..., LoggingProcessPoolExecutor], collect: Callable[..., ListHandler]
+) -> None:
+    """Thousands of records read in large buffers: the notes show exactly the last ten."""
+    collect()
+    executor = make_executor(max_workers=1)
+    notes = notes_of(broken_by(executor.submit(crash_tasks.log_then_die, "SIGKILL", "burst", count=3000)))
+    lines = [line.strip() for line in notes.splitlines() if line.startswith("    ")]
+    assert lines == [
+        f"WARNING tests.crash: step {index} of 3000 before SIGKILL" for index in range(2990, 3000)
+    ]

@@ -50,8 +50,10 @@ LOOP_ERROR_FIRST_PAUSE = 0.01
 LOOP_ERROR_MAX_PAUSE = 1.0
 
 _LOGGER = logging.getLogger("logexec")
-# How many of a worker's last records its WorkerExit carries (for a crash's notes).
+# How many of a worker's last records its WorkerExit carries (for a crash's notes), and
+# from how many of the last bytes of each buffer read they are taken (see _read).
 RECENT_RECORDS = 10
+RECENT_TAIL_BYTES = 16 * 1024
 
 
 # What a connection is: a socket, or a multiprocessing connection dressed as one (_portable).
