@@ -118,7 +118,11 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
     task logged has already been handled by the parent's handlers, inside the
     ``contextvars`` context of the ``submit`` call. A worker killed, even by ``SIGKILL``,
     loses no record whose log call had returned; the pool then breaks as the stdlib's does
-    (``BrokenProcessPool``), and ``shutdown`` does not hang.
+    (``BrokenProcessPool``), and ``shutdown`` does not hang. That ``BrokenProcessPool``
+    carries a note per dead worker (PEP 678; before 3.11, in its message): its pid, the
+    signal or exit code it ended with, the task it was running if it had logged in it, and
+    its last records (see docs/failures.md). Breaking waits up to 0.25 s for other workers
+    killed at the same time, and up to 2 s for the listener to read a dead worker's end.
 
     Limits:
 
