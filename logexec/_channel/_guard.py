@@ -53,7 +53,7 @@ _LOGGER = logging.getLogger("logexec")
 # How many of a worker's last records its WorkerExit carries (for a crash's notes), and
 # from how many of the last bytes of each buffer read they are taken (see _read).
 RECENT_RECORDS = 10
-RECENT_TAIL_BYTES = 16 * 1024
+RECENT_TAIL_BYTES = 64 * 1024
 
 
 # What a connection is: a socket, or a multiprocessing connection dressed as one (_portable).
