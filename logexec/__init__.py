@@ -25,9 +25,10 @@ import platform
 import sys
 from typing import TYPE_CHECKING
 
+from ._dispatch import capture_records
 from ._executor import LoggingProcessPoolExecutor
 
-__all__ = ["LoggingProcessPoolExecutor", "__version__"]
+__all__ = ["LoggingProcessPoolExecutor", "__version__", "capture_records"]
 
 __version__ = "0.1.0"
 

@@ -15,6 +15,18 @@ import multiprocessing.connection
 import struct
 import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+# What note_when_broken hands its annotate: the dead workers' exit codes by pid, and the
+# pool's pending work as (function, args, kwargs) of each call it was given.
+PendingWork = list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]
+# exit_codes(settle): the dead workers' codes, having waited up to settle s for more to end.
+ExitCodes = Callable[[float], dict[int, int]]
+Annotate = Callable[[ExitCodes, PendingWork], Sequence[str]]
+AddNotes = Callable[[BaseException, Sequence[str]], None]
 
 
 def existing_loggers() -> list[logging.Logger]:
@@ -180,6 +192,106 @@ def terminate_workers(executor: object) -> None:
     while sentinels and time.monotonic() < deadline:
         ready = multiprocessing.connection.wait(sentinels, deadline - time.monotonic())
         sentinels = [sentinel for sentinel in sentinels if sentinel not in ready]
+
+
+def note_when_broken(
+    executor: object, annotate: Annotate, add_notes: AddNotes, on_error: Callable[[BaseException], None]
+) -> bool:
+    """Have the ``BrokenProcessPool`` of a breaking pool carry ``annotate``'s notes.
+
+    The stdlib's manager thread breaks the pool in ``terminate_broken``: it makes one
+    ``BrokenProcessPool`` and sets it on every pending future, whose waiters may print it
+    at once; notes added afterwards would race with them. So that method is wrapped, on
+    the thread object only: first ``annotate`` gets a way to read the dead workers' exit
+    codes (from the pool's processes, as the manager itself reads them; workers killed
+    together may end a moment apart, so it may look twice) and the pending work, then, while
+    the stdlib's own code runs, each pending future's ``set_exception`` adds the notes to
+    the exception before storing it. Returns False (nothing done) when the pool has no
+    manager thread yet or no such method. Should making the notes fail, ``on_error`` is
+    told, and the pool breaks all the same, without them.
+    """
+    thread = manager_thread(executor)
+    original = getattr(thread, "terminate_broken", None)
+    if thread is None or not callable(original) or "terminate_broken" in vars(thread):
+        return False
+    processes: dict[int, Any] = getattr(thread, "processes", None) or {}
+    pending: object = getattr(thread, "pending_work_items", None)
+    if not isinstance(pending, dict):
+        return False
+    work_items: dict[int, Any] = pending
+
+    def terminate_broken(*args: Any, **kwargs: Any) -> Any:
+        hooked: list[Future[Any]] = []
+        try:
+            items = list(work_items.values())
+            work = [(item.fn, tuple(item.args), dict(item.kwargs)) for item in items]
+            notes = annotate(lambda settle: exit_codes_of(list(processes.items()), settle), work)
+            noting = _NotingSetException(notes, add_notes)
+            for item in items:
+                future = item.future
+                future.set_exception = noting.bind(future)
+                hooked.append(future)
+        except Exception as error:  # the notes are a courtesy: the pool must break regardless
+            on_error(error)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            for future in hooked:
+                vars(future).pop("set_exception", None)
+
+    thread.terminate_broken = terminate_broken  # type: ignore[attr-defined]
+    return True
+
+
+# How long a worker whose sentinel is ready may take to become reapable: its descriptors
+# close before the kernel makes it a zombie, so its exit code can lag its sentinel.
+REAP_WAIT_SECONDS = 1.0
+
+
+def exit_codes_of(processes: list[tuple[int, Any]], settle: float) -> dict[int, int]:
+    """The exit code of each process that has ended (its sentinel is ready), by pid.
+
+    With ``settle``, waits that long for more to end: workers killed together end a
+    moment apart, and the pool breaks on the first.
+    """
+    by_sentinel = {}
+    for pid, process in processes:
+        with contextlib.suppress(ValueError, AttributeError):
+            by_sentinel[process.sentinel] = (pid, process)
+    ended = set(multiprocessing.connection.wait(list(by_sentinel), 0)) if by_sentinel else set()
+    deadline = time.monotonic() + settle
+    while len(ended) < len(by_sentinel) and time.monotonic() < deadline:
+        waiting = [sentinel for sentinel in by_sentinel if sentinel not in ended]
+        ended.update(multiprocessing.connection.wait(waiting, max(0.0, deadline - time.monotonic())))
+    codes: dict[int, int] = {}
+    deadline = time.monotonic() + REAP_WAIT_SECONDS
+    for sentinel in ended:
+        pid, process = by_sentinel[sentinel]
+        # On the manager thread, which joins them next anyway (one thread reaps).
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.exitcode is not None:
+            codes[pid] = process.exitcode
+    return codes
+
+
+class _NotingSetException:
+    """Adds the notes once to the shared ``BrokenProcessPool``, then stores it as usual."""
+
+    def __init__(self, notes: Sequence[str], add_notes: AddNotes) -> None:
+        self._notes = notes
+        self._add_notes = add_notes
+        self._noted: list[BaseException] = []
+
+    def bind(self, future: Future[Any]) -> Callable[[BaseException], None]:
+        def set_exception(exception: BaseException) -> None:
+            if isinstance(exception, BrokenProcessPool) and not any(
+                exception is noted for noted in self._noted
+            ):
+                self._noted.append(exception)
+                self._add_notes(exception, self._notes)
+            Future.set_exception(future, exception)
+
+        return set_exception
 
 
 def break_if_manager_died(manager: threading.Thread) -> None:

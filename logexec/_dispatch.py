@@ -6,10 +6,11 @@ record is handled the same way whichever way it travelled.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
@@ -25,6 +26,63 @@ def dispatching_thread(target: Callable[[], object], name: str) -> threading.Thr
     started by whoever submits first: such records would meet that submitter's context.
     """
     return threading.Thread(target=contextvars.Context().run, args=(target,), name=name, daemon=True)
+
+
+# The lists of the capture_records blocks open in a context, innermost last; None when
+# none is (most contexts: the default, so that nothing is stored until a block opens).
+Captures = tuple[list[logging.LogRecord], ...]
+_CAPTURES: contextvars.ContextVar[Captures | None] = contextvars.ContextVar("logexec_captures", default=None)
+
+
+@contextlib.contextmanager
+def capture_records() -> Iterator[list[logging.LogRecord]]:
+    """Collect the worker records of every task submitted from inside the block.
+
+    Every record of every task submitted inside the ``with`` block, from this context
+    (this thread, this asyncio task: other threads and other callers have contexts of
+    their own and are not included), is appended to the yielded list as the parent
+    handles it, in addition to its normal handling, in each task's order. When a task's
+    ``result()`` returns (or raises its exception), its records are in the list. Records
+    are appended whether or not the parent's levels and handlers keep them: the workers
+    already apply the parent's levels, so records below them are not even made.
+
+    Works with every logexec front (the executor, the joblib backend, Dask), since each
+    hands records to the parent inside the submitter's ``contextvars`` context. Blocks
+    nest: a record goes to the list of every block open at submit, inner and outer. A task
+    submitted inside the block and still running after it keeps appending to the list.
+
+    Yields:
+        A new list of ``logging.LogRecord``, filled as the tasks' records are handled.
+
+    Raises:
+        Nothing of its own; an exception raised in the block propagates unchanged.
+
+    Example::
+
+        with logexec.capture_records() as records:
+            executor.submit(job, 42).result(timeout=60)
+        log_text = "\n".join(record.getMessage() for record in records)
+    """
+    records: list[logging.LogRecord] = []
+    token = _CAPTURES.set((*(_CAPTURES.get() or ()), records))
+    try:
+        yield records
+    finally:
+        _CAPTURES.reset(token)
+
+
+def captures_of(context: contextvars.Context) -> Captures | None:
+    """The capture lists open in ``context`` (a submitter's copy), or None.
+
+    Read once per task, at submit, so that dispatching a record pays nothing when no
+    capture is open (the hook for a front: ``Dispatcher.register`` does this for it).
+    """
+    return context.get(_CAPTURES)
+
+
+def append_captured(captures: Captures, record: logging.LogRecord) -> None:
+    for records in captures:
+        records.append(record)  # list.append is atomic: other threads read these lists
 
 
 def check_handlers(handlers: Iterable[object] | None) -> tuple[logging.Handler, ...] | None:
@@ -62,9 +120,13 @@ class Dispatcher:
     goes to exactly those handlers, each respecting its level, and never to root's.
 
     Each record runs inside the ``contextvars.Context`` of the ``submit`` call that made its
-    task, so filters that read context variables see the submitter's values. A record with
-    no task (``task_id`` None: logged outside any task's context) runs in the calling
-    thread's context, which ``dispatching_thread`` keeps empty.
+    task, so filters that read context variables see the submitter's values, and is
+    appended to the lists of the ``capture_records`` blocks open in that context: the
+    hook any front gets by registering its tasks here (``register``). A front that
+    dispatches in a context of its own (the joblib backend) calls ``captures_of`` once per
+    task and ``append_captured`` per record. A record with no task (``task_id`` None:
+    logged outside any task's context) runs in the calling thread's context, which
+    ``dispatching_thread`` keeps empty, and is captured by no block.
     """
 
     def __init__(self, handlers: tuple[logging.Handler, ...] | None = None) -> None:
@@ -72,15 +134,18 @@ class Dispatcher:
         # Loggers are never removed from logging's manager, so caching them is safe and
         # skips getLogger's module lock on every record.
         self._loggers: dict[str, tuple[logging.Logger, bool]] = {}
-        self._contexts: dict[int, contextvars.Context] = {}
+        # By task id: the submitter's context and the capture lists open in it (or None).
+        self._contexts: dict[int, tuple[contextvars.Context, Captures | None]] = {}
         # Guards _contexts: submit and done-callbacks run on other threads than dispatch.
         self._contexts_lock = threading.Lock()
         # Reports failures of handlers that raise instead of calling handleError.
         self._error_reporter = logging.Handler()
 
     def register(self, task_id: int, context: contextvars.Context) -> None:
+        # The captures are looked up here, once per task, so dispatch pays one test of None.
+        entry = (context, captures_of(context))
         with self._contexts_lock:
-            self._contexts[task_id] = context
+            self._contexts[task_id] = entry
 
     def forget(self, task_id: int) -> None:
         with self._contexts_lock:
@@ -97,11 +162,14 @@ class Dispatcher:
         ``handleError``, as logging reports it in-process, and the next record is handled
         normally.
         """
-        context = self._contexts.get(task_id) if task_id is not None else None
+        entry = self._contexts.get(task_id) if task_id is not None else None
         try:
-            if context is None:
+            if entry is None:
                 self._deliver(record)
             else:
+                context, captures = entry
+                if captures is not None:
+                    append_captured(captures, record)
                 context.run(self._deliver, record)
         except Exception:
             # A logger filter, or a custom Logger class, that raised: in-process the log

@@ -56,10 +56,11 @@ import threading
 import weakref
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, ParamSpec, TypeVar
 
-from . import _compat, _context
+from . import _compat, _context, _crash
 from ._channel import (
     LevelsUpdate,
     LogChannel,
@@ -142,7 +143,11 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
     task logged has already been handled by the parent's handlers, inside the
     ``contextvars`` context of the ``submit`` call. A worker killed, even by ``SIGKILL``,
     loses no record whose log call had returned; the pool then breaks as the stdlib's does
-    (``BrokenProcessPool``), and ``shutdown`` does not hang.
+    (``BrokenProcessPool``), and ``shutdown`` does not hang. That ``BrokenProcessPool``
+    carries a note per dead worker (PEP 678; before 3.11, in its message): its pid, the
+    signal or exit code it ended with, the task it was running if it had logged in it, and
+    its last records (see docs/failures.md). Breaking waits up to 0.25 s for other workers
+    killed at the same time, and up to 2 s for the listener to read a dead worker's end.
 
     Limits:
 
@@ -190,8 +195,12 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             raise TypeError(f"mp_context must be a multiprocessing context, got {mp_context!r}")
         self._logexec_forks = mp_context.get_start_method() == "fork"
         self._logexec_dispatcher = Dispatcher(checked_handlers)
+        # What the listener tells of dead workers, for the notes of a broken pool (_crash).
+        self._logexec_crashes = _crash.CrashLog()
         # The channel's parent end (see logexec._channel for the seam).
-        self._logexec_listener = LogChannel(self._logexec_dispatcher, _WakeManager(weakref.ref(self)))
+        self._logexec_listener = LogChannel(
+            self._logexec_dispatcher, _WakeManager(weakref.ref(self), self._logexec_crashes)
+        )
         self._logexec_config = self._logexec_listener.config
         self._logexec_lock = threading.Lock()
         self._logexec_shutdown = False
@@ -286,9 +295,12 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
                 future: Future[T] = super().submit(
                     run_task, task_id, self._logexec_addresses, captured, levels, fn, *args, **kwargs
                 )
-            except BaseException:
+            except BaseException as error:
                 if keep_context:
                     self._logexec_dispatcher.forget(task_id)
+                if isinstance(error, BrokenProcessPool):
+                    # Broken earlier (a worker died while idle, say): say by whom.
+                    _crash.add_notes(error, self._logexec_crashes.notes)
                 if _compat.manager_failed_to_start(self):
                     # gh-109047: the stdlib raises this RuntimeError and leaves the workers it
                     # started waiting for ever (under fork, the interpreter's exit waits for
@@ -343,6 +355,15 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             # the listener's stop() left to return from, done just above.
             self._logexec_watch.join()
 
+    def _start_executor_manager_thread(self) -> None:
+        # The stdlib's own step of submit, under its shutdown lock, which its manager thread
+        # takes before it can break the pool: hooked here, the notes cannot miss a worker
+        # that dies at once (see _compat.note_when_broken; tests/test_compat.py pins both).
+        super()._start_executor_manager_thread()
+        _compat.note_when_broken(
+            self, _CrashNotes(self._logexec_crashes), _crash.add_notes, _crash.report_failure
+        )
+
     def _start_threads(self) -> None:
         """After the pool's submit: our threads; if one cannot start, the pool breaks."""
         try:
@@ -393,6 +414,9 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
             manager = _compat.manager_thread(self)
             if manager is None:
                 return  # submit failed before the pool started; the next one tries again
+            _compat.note_when_broken(
+                self, _CrashNotes(self._logexec_crashes), _crash.add_notes, _crash.report_failure
+            )
             # Not a daemon: at interpreter exit the stdlib finishes pending work and joins
             # its manager threads, then the interpreter joins this one, which reads the
             # last records before logging shuts down.
@@ -444,16 +468,37 @@ def _stop_if_unwatched(listener: LogChannel, watch: _Watch) -> None:
         listener.stop(wait=False)
 
 
+class _CrashNotes:
+    """Makes a broken pool's notes (see _compat.note_when_broken), holding no executor."""
+
+    __slots__ = ("_crashes",)
+
+    def __init__(self, crashes: _crash.CrashLog) -> None:
+        self._crashes = crashes
+
+    def __call__(self, exit_codes: _compat.ExitCodes, work: _compat.PendingWork) -> Sequence[str]:
+        # Each call item is run_task(task_id, addresses, captured, levels, fn, *args).
+        tasks = {
+            args[0]: (args[4], args[5:], kwargs)
+            for function, args, kwargs in work
+            if function is run_task and len(args) >= 5
+        }
+        return self._crashes.make_notes(exit_codes, tasks)
+
+
 class _WakeManager:
     """Tells the stdlib's manager thread that a worker's connection ended (see _compat)."""
 
-    __slots__ = ("_executor",)
+    __slots__ = ("_crashes", "_executor")
 
-    def __init__(self, executor: weakref.ref[LoggingProcessPoolExecutor]) -> None:
+    def __init__(self, executor: weakref.ref[LoggingProcessPoolExecutor], crashes: _crash.CrashLog) -> None:
         # A weak reference: the listener must not keep the executor alive.
         self._executor = executor
+        self._crashes = crashes
 
     def __call__(self, exits: Sequence[WorkerExit]) -> bool:
+        # First, for a broken pool's notes: its last records, before the manager is woken.
+        self._crashes.add(exits)
         # Which workers does not matter here: the manager looks at every sentinel again.
         executor = self._executor()
         return executor is None or _compat.wake_executor_manager(executor)

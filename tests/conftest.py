@@ -118,6 +118,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     A LocalCluster leaves threads behind in this process (distributed's event loop and
     offload threads); forking after that copies their locks into fork workers, which then
-    die at random. Nothing after the Dask module forks.
+    die at random. Nothing after the Dask tests forks (those of other modules have "dask" in
+    their names: test_capture's and test_crash_notes').
     """
-    items.sort(key=lambda item: item.nodeid.startswith("tests/test_dask.py"))
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_dask.py") or "dask" in item.name)

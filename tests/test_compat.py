@@ -9,7 +9,10 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 import pytest
 
@@ -139,3 +142,50 @@ def test_connection_message_is_what_send_bytes_writes(size: int) -> None:
     finally:
         sender.close()
         receiver.close()
+
+
+class _NotingPool(ProcessPoolExecutor):
+    """The stdlib pool with the crash-notes hook where LoggingProcessPoolExecutor puts it."""
+
+    def __init__(self) -> None:
+        super().__init__(1, mp_context=multiprocessing.get_context("spawn"))
+        self.seen: list[tuple[dict[int, int], list[Any]]] = []
+        self.hooked_under_lock: list[bool] = []
+        self.errors: list[BaseException] = []
+
+    def _start_executor_manager_thread(self) -> None:
+        super()._start_executor_manager_thread()
+        # Taken by submit around this step: the manager cannot break the pool before the hook.
+        self.hooked_under_lock.append(getattr(self, "_shutdown_lock").locked())  # noqa: B009
+        _compat.note_when_broken(self, self._annotate, self._add, self.errors.append)
+
+    def _annotate(self, exit_codes: Callable[[float], dict[int, int]], work: Any) -> list[str]:
+        codes = exit_codes(0.0)
+        self.seen.append((codes, work))
+        return [f"exit codes {sorted(codes.values())}"]
+
+    @staticmethod
+    def _add(error: BaseException, notes: Any) -> None:
+        error.args = (*error.args, *notes)
+
+
+@pytest.mark.timeout(60)
+def test_note_when_broken_reads_the_managers_work_items_processes_and_terminate_broken() -> None:
+    """The manager thread's terminate_broken, pending_work_items (future, fn, args, kwargs) and
+    processes, and the pool's _start_executor_manager_thread under _shutdown_lock: all that
+    note_when_broken relies on, on this Python."""
+    executor = _NotingPool()
+    try:
+        future = executor.submit(os._exit, 3)
+        with pytest.raises(BrokenProcessPool) as raised:
+            future.result(timeout=30)
+    finally:
+        executor.shutdown(wait=True)
+    assert executor.hooked_under_lock == [True]
+    assert not executor.errors
+    [(codes, work)] = executor.seen
+    assert list(codes.values()) == [3]
+    assert work == [(os._exit, (3,), {})]
+    assert raised.value.args[-1] == "exit codes [3]"
+    # The futures' own set_exception is back: nothing of the hook is left on them.
+    assert "set_exception" not in vars(future)

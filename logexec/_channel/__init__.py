@@ -54,11 +54,17 @@ The seam, name by name:
    instead uses ``apply_levels(levels)`` itself. Parent side:
    ``Dispatcher.register(task_id, context)`` before the task is submitted, and
    ``ForgetWhenDone(dispatcher, task_id)`` on its future (``logexec._dispatch``), so that its
-   records are handled in the submitter's ``contextvars`` context.
+   records are handled in the submitter's ``contextvars`` context. ``register`` is also where
+   ``logexec.capture_records()`` hooks in: it reads the capture lists open in that context
+   once, and ``dispatch`` appends each of the task's records to them; a front that
+   registers its tasks gets capture for free (one that dispatches in a context of its own
+   uses ``captures_of`` and ``append_captured``, as the joblib backend does).
 4. **A worker's death.** ``on_worker_exit(exits: Sequence[WorkerExit]) -> bool``: each
    ``WorkerExit`` has the worker's ``pid`` and ``cut_off`` (bytes of a record it was still
-   writing: 0 means it ended between records). Every record it sent before is handled by
-   then. Its exit code is the pool's to tell.
+   writing: 0 means it ended between records), its last ``records`` (at most 10) and the
+   ``last_task`` id they were logged for. Every record it sent before is handled by then.
+   Its exit code is the pool's to tell; ``logexec._crash`` turns both into the notes of a
+   broken pool's exception.
 
 And ``report(level, message, *args, exc_info=None)``: logexec's own reports, through the
 parent's logging, never raising.

@@ -22,6 +22,7 @@ up (``_fail``: closed, reported with its worker's pid, the worker told why), nev
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -49,6 +50,10 @@ LOOP_ERROR_FIRST_PAUSE = 0.01
 LOOP_ERROR_MAX_PAUSE = 1.0
 
 _LOGGER = logging.getLogger("logexec")
+# How many of a worker's last records its WorkerExit carries (for a crash's notes), and
+# from how many of the last bytes of each buffer read they are taken (see _read).
+RECENT_RECORDS = 10
+RECENT_TAIL_BYTES = 64 * 1024
 
 
 # What a connection is: a socket, or a multiprocessing connection dressed as one (_portable).
@@ -67,7 +72,9 @@ class _Connection:
         "failures",
         "fds",
         "filled",
+        "last_task",
         "pid",
+        "recent",
         "ring",
         "socket",
         "view",
@@ -93,6 +100,10 @@ class _Connection:
         # Descriptors received before the hello was complete, and the ring made of one.
         self.fds: list[int] = []
         self.ring: _ring.RingReader | None = None
+        # For the notes of a crash (WorkerExit): its last records, kept as they came (to
+        # be formatted only if it dies), and the task id of the last one.
+        self.recent: collections.deque[logging.LogRecord] = collections.deque(maxlen=RECENT_RECORDS)
+        self.last_task: int | None = None
 
     def resize(self, capacity: int) -> None:
         """Move the unhandled bytes into a buffer of ``capacity`` bytes."""
@@ -116,13 +127,24 @@ class WorkerExit:
     ``cut_off`` is how many bytes of a frame it was still writing (0: it ended between
     records; more: it died in the middle of one, whose log call had not returned). How the
     process itself ended (its exit code) is its pool's to tell, not the listener's.
+    ``records`` are its last records (at most ``RECENT_RECORDS``, oldest first), all
+    handled by now, and ``last_task`` the task id of the last one (None if it logged none):
+    what a front needs to say what a dead worker was doing.
     """
 
-    __slots__ = ("cut_off", "pid")
+    __slots__ = ("cut_off", "last_task", "pid", "records")
 
-    def __init__(self, pid: int, cut_off: int) -> None:
+    def __init__(
+        self,
+        pid: int,
+        cut_off: int,
+        records: Sequence[logging.LogRecord] = (),
+        last_task: int | None = None,
+    ) -> None:
         self.pid = pid
         self.cut_off = cut_off
+        self.records = tuple(records)
+        self.last_task = last_task
 
     def __repr__(self) -> str:
         return f"WorkerExit(pid={self.pid}, cut_off={self.cut_off})"

@@ -24,7 +24,16 @@ import time
 from .. import _records
 from . import _framing, _ring
 from ._accept import Accepting
-from ._guard import _ACCEPT, _LOGGER, READ_SIZE, RETRY_SECONDS, WorkerExit, _Connection, _describe
+from ._guard import (
+    _ACCEPT,
+    _LOGGER,
+    READ_SIZE,
+    RECENT_TAIL_BYTES,
+    RETRY_SECONDS,
+    WorkerExit,
+    _Connection,
+    _describe,
+)
 
 # How soon to retry telling the pool that a worker's connection ended, when it was busy.
 WORKER_EXIT_RETRY_SECONDS = 0.05
@@ -228,6 +237,15 @@ class Reading(Accepting):
         decode = _records.decode_record
         unpack = _framing.HEADER.unpack_from
         header_size = _framing.HEADER_SIZE
+        # Kept for a crash's notes, formatted only if it dies: the records of this buffer's
+        # last RECENT_TAIL_BYTES (those before it would be pushed out of the ten kept anyway;
+        # keeping only these saves the append, and keeping every record alive a little
+        # longer). Cleared first when some are skipped, so that what is kept has no gap.
+        remember = connection.recent.append
+        tail = end - RECENT_TAIL_BYTES
+        if position < tail:
+            connection.recent.clear()
+        task_id: int | None = None
         needed = records = barriers = 0
         while end - position >= header_size:
             size, kind = unpack(view, position)
@@ -243,6 +261,8 @@ class Reading(Accepting):
                     # The frame's length was sound, so the stream is not: only this record
                     # is lost, and a record saying so takes its place.
                     task_id, record = None, _stand_in(connection, error)
+                if stop > tail:
+                    remember(record)
                 try:
                     dispatch(task_id, record)
                 except BaseException as error:  # dispatch reports its own; this is a last resort
@@ -256,6 +276,8 @@ class Reading(Accepting):
                 self._fail(selector, connection, f"it sent a frame of unknown kind {kind}")
                 return
             position = stop
+        if task_id is not None:
+            connection.last_task = task_id
         self._pass_records += records
         self._pass_barriers += barriers
         leftover = end - position
@@ -297,7 +319,9 @@ class Reading(Accepting):
             if connection.closed:
                 return  # closed for a protocol error while draining
         if connection.pid:
-            self._worker_exits.append(WorkerExit(connection.pid, connection.filled))
+            self._worker_exits.append(
+                WorkerExit(connection.pid, connection.filled, connection.recent, connection.last_task)
+            )
             self._notify_worker_exit()
         if connection.filled and connection.pid:
             # The worker died in the middle of writing a frame. That record's log call had

@@ -208,7 +208,7 @@ class LoggingDaskExecutor(Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             captured = _context.capture_values(self._variables)
             levels = (_compat.explicit_levels(), _compat.disabled_level())
-            task = Task(next(self._task_ids), Future())
+            task = Task(next(self._task_ids), Future(), (fn, args, kwargs))
             self._dispatcher.register(task.task_id, contextvars.copy_context())
             self._receiver.add(task)
         try:

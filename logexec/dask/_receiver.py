@@ -14,6 +14,7 @@ data flow in ``logexec.dask``.
 
 from __future__ import annotations
 
+import collections
 import logging
 import pickle
 import queue
@@ -25,7 +26,7 @@ from typing import Any
 
 from distributed import KilledWorker
 
-from .. import _records
+from .. import _crash, _records
 from .._dispatch import Dispatcher, dispatching_thread
 from . import _scheduler as _dask_scheduler
 from . import _worker as _dask_worker
@@ -66,11 +67,24 @@ class Run:
 class Task:
     """One submitted task: our future, Dask's, its attempts, and its outcome once known."""
 
-    __slots__ = ("dask_future", "deadline", "final_run", "future", "outcome", "runs", "task_id")
+    __slots__ = (
+        "call",
+        "dask_future",
+        "deadline",
+        "final_run",
+        "future",
+        "outcome",
+        "recent",
+        "runs",
+        "task_id",
+    )
 
-    def __init__(self, task_id: int, future: Future[Any]) -> None:
+    def __init__(self, task_id: int, future: Future[Any], call: _crash.Task | None = None) -> None:
         self.task_id = task_id
         self.future = future
+        # For the notes of a KilledWorker: the call, and the task's last records.
+        self.call = call
+        self.recent: collections.deque[logging.LogRecord] = collections.deque(maxlen=_crash.MAX_RECORD_LINES)
         self.dask_future: Any = None
         self.runs: dict[str, Run] = {}
         # (value, error) once Dask has finished with the task.
@@ -218,12 +232,12 @@ class Receiver:
         if total != _dask_worker.NOT_LAST:
             run.total = total
         if first == run.handled:
-            self._dispatch(task_id, run.attempt, payloads)
+            self._dispatch(task_id, run.attempt, payloads, task.recent)
             run.handled += len(payloads)
             # Batches that overtook this one (Dask keeps the order; be robust all the same).
             while run.handled in run.waiting:
                 payloads = run.waiting.pop(run.handled)
-                self._dispatch(task_id, run.attempt, payloads)
+                self._dispatch(task_id, run.attempt, payloads, task.recent)
                 run.handled += len(payloads)
         elif first > run.handled:
             run.waiting[first] = payloads
@@ -278,6 +292,9 @@ class Receiver:
             # come (earlier runs that never said a total died the same way).
             if task.runs and not isinstance(exception, KilledWorker):
                 task.final_run = max(task.runs.values(), key=_attempt_of)
+            if isinstance(exception, KilledWorker):
+                # Dask names the worker; say what the task was and what it logged last.
+                _crash.add_notes(exception, [_crash.lost_task_note(task.call, task.recent)])
             task.outcome = (None, exception)
             return
         try:
@@ -333,7 +350,13 @@ class Receiver:
         with self._lock:
             self._in_flight.pop(task.task_id, None)
 
-    def _dispatch(self, task_id: int, attempt: int, payloads: list[bytes]) -> None:
+    def _dispatch(
+        self,
+        task_id: int,
+        attempt: int,
+        payloads: list[bytes],
+        recent: collections.deque[logging.LogRecord] | None = None,
+    ) -> None:
         dispatch = self._dispatcher.dispatch
         for payload in payloads:
             try:
@@ -349,6 +372,8 @@ class Receiver:
             # Set in the record's dict: it is an attribute like any extra, for formatters
             # ("%(dask_attempt)s") and filters alike.
             record.__dict__["dask_attempt"] = attempt
+            if recent is not None:
+                recent.append(record)
             dispatch(task_id, record)
 
     def _clean_up(self) -> None:

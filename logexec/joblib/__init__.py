@@ -173,6 +173,10 @@ class LogexecBackend(_joblib_compat.LokyBackendBase):  # type: ignore[misc]  # j
         assert self._logexec_channel is not None  # set before any task id is made
         if isinstance(future, Future):
             self._logexec_channel.forget_when_done(future, task_id)
+            executor = _joblib_compat.executor_of(self)
+            if executor is not None:
+                # After the submit that made loky's manager thread (see _crash).
+                self._logexec_channel.note_breaks(executor)
         else:  # not loky's future: nothing tells us when it is done, so keep no route
             self._logexec_forget(task_id)
         return future

@@ -28,13 +28,16 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from .._channel import LevelsUpdate, LogChannel, current_levels, initialize, level_changes
-from .._dispatch import Dispatcher, ForgetWhenDone
+from .. import _crash
+from .._channel import LevelsUpdate, LogChannel, WorkerExit, current_levels, initialize, level_changes
+from .._dispatch import Captures, Dispatcher, ForgetWhenDone, append_captured, captures_of
+from . import _compat as _joblib_compat
+from ._worker import run_batch
 
 
 class RoutingDispatcher(Dispatcher):
@@ -42,12 +45,14 @@ class RoutingDispatcher(Dispatcher):
 
     def __init__(self) -> None:
         super().__init__(None)
-        self._routes: dict[int, tuple[Dispatcher, contextvars.Context | None]] = {}
+        self._routes: dict[int, tuple[Dispatcher, contextvars.Context | None, Captures | None]] = {}
 
     def route(self, task_id: int, dispatcher: Dispatcher, context: contextvars.Context | None) -> None:
         # A plain dict: one item set, read or popped at a time is atomic, and this runs once
         # per batch on the submitting thread and once per record on the listener's.
-        self._routes[task_id] = (dispatcher, context)
+        # The capture_records lists open in the caller's context, looked up once per batch.
+        captures = captures_of(context) if context is not None else None
+        self._routes[task_id] = (dispatcher, context, captures)
 
     def forget(self, task_id: int) -> None:
         self._routes.pop(task_id, None)
@@ -60,7 +65,9 @@ class RoutingDispatcher(Dispatcher):
         if route is None:
             super().dispatch(None, record)
             return
-        dispatcher, context = route
+        dispatcher, context, captures = route
+        if captures is not None:
+            append_captured(captures, record)
         if context is None:
             dispatcher.dispatch(None, record)
         else:
@@ -72,8 +79,10 @@ class Channel:
 
     def __init__(self) -> None:
         self.dispatcher = RoutingDispatcher()
-        # No worker-exit callback: loky's own manager thread watches its workers' sentinels.
-        self.listener = LogChannel(self.dispatcher)
+        # What the listener tells of dead workers, for the notes of a broken pool; loky's own
+        # manager thread watches its workers' sentinels.
+        self.crashes = _crash.CrashLog()
+        self.listener = LogChannel(self.dispatcher, self._heard)
         # The same config object for every executor this channel serves (see the docstring).
         self.config = self.listener.open()
         # The base levels every worker starts from, fixed now: each batch carries only the
@@ -106,6 +115,23 @@ class Channel:
                 changes = level_changes(self.config.levels, levels)
                 self._levels_update = (self._levels_update[0] + 1, changes, levels[1])
             return self._levels_update
+
+    def _heard(self, exits: Sequence[WorkerExit]) -> bool:
+        self.crashes.add(exits)
+        return True
+
+    def note_breaks(self, executor: object) -> None:
+        """Have loky's ``TerminatedWorkerError`` name the dead workers (see ``_crash``)."""
+        _joblib_compat.note_when_broken(executor, self._notes, _crash.add_notes, _crash.report_failure)
+
+    def _notes(self, exit_codes: Callable[[float], dict[int, int]], functions: list[Any]) -> Sequence[str]:
+        tasks: dict[int, _crash.Task] = {}
+        for function in functions:
+            # Each call item is partial(run_batch, levels, task_id, batch) (LogexecBackend).
+            arguments: tuple[Any, ...] = getattr(function, "args", ())
+            if getattr(function, "func", None) is run_batch and len(arguments) == 3:
+                tasks[arguments[1]] = _first_call(arguments[2])
+        return self.crashes.make_notes(exit_codes, tasks)
 
     def next_task_id(self) -> int:
         return next(self._task_ids)  # itertools.count is atomic under the GIL
@@ -206,6 +232,16 @@ def _reset_after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # no fork, hence no hook, on Windows
     os.register_at_fork(after_in_child=_reset_after_fork_in_child)
+
+
+def _first_call(batch: Any) -> _crash.Task:
+    """The first call of a joblib batch (its ``items``: (function, args, kwargs) each)."""
+    items = getattr(batch, "items", None)
+    if isinstance(items, list) and items and isinstance(items[0], tuple) and len(items[0]) == 3:
+        function, args, kwargs = items[0]
+        if callable(function) and isinstance(args, (tuple, list)) and isinstance(kwargs, dict):
+            return function, args, kwargs
+    return batch, (), {}
 
 
 def worker_initializer() -> Any:
