@@ -36,7 +36,7 @@ __version__ = "0.1.0"
 # Imported on first use, not here: every process-pool worker imports this package, and
 # concurrent.interpreters would add about 5 ms to each one's start for nothing.
 if sys.version_info >= (3, 14):
-    __all__ = ["LoggingInterpreterPoolExecutor", "LoggingProcessPoolExecutor", "__version__"]
+    __all__ += ["LoggingInterpreterPoolExecutor"]
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 14):

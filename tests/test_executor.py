@@ -36,7 +36,10 @@ def test_is_a_process_pool_executor() -> None:
     assert issubclass(LoggingProcessPoolExecutor, ProcessPoolExecutor)
     import logexec
 
-    assert logexec.__all__ == ["LoggingProcessPoolExecutor", "__version__", "capture_records"]
+    expected = ["LoggingProcessPoolExecutor", "__version__", "capture_records"]
+    if sys.version_info >= (3, 14):
+        expected.append("LoggingInterpreterPoolExecutor")
+    assert logexec.__all__ == expected
 
 
 def test_signature_keeps_the_stdlib_parameters() -> None:
