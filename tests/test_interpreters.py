@@ -337,3 +337,25 @@ def test_a_script_that_never_shuts_down_still_handles_every_record(tmp_path: Pat
     assert sorted(lines) == sorted(
         ["PARENT after the task returned"] + [f"PARENT task record {i}" for i in range(3)] * 4
     )
+
+
+@needs_314
+def test_capture_records_collects_each_callers_tasks(collect: Collect) -> None:
+    """capture_records() works with this front too: a block's tasks, not another thread's."""
+    from logexec import capture_records
+
+    results: dict[str, list[str]] = {}
+    with _executor(max_workers=2) as executor:
+
+        def caller(tag: str) -> None:
+            with capture_records() as records:
+                executor.submit(interp_tasks.log_some, 3, tag).result(timeout=60)
+                results[tag] = [record.getMessage() for record in records]
+
+        threads = [threading.Thread(target=caller, args=(tag,)) for tag in ("a", "b", "c")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    for tag in ("a", "b", "c"):
+        assert len(results[tag]) == 3 and all(tag in message for message in results[tag]), results
