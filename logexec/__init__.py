@@ -22,7 +22,8 @@ of letting memory grow. See ``_channel`` for the data flow.
 """
 
 from ._executor import LoggingProcessPoolExecutor
+from ._mp import Pool
 
-__all__ = ["LoggingProcessPoolExecutor", "__version__"]
+__all__ = ["LoggingProcessPoolExecutor", "Pool", "__version__"]
 
 __version__ = "0.1.0"
