@@ -22,8 +22,8 @@ of letting memory grow. See ``_channel`` for the data flow.
 """
 
 from ._executor import LoggingProcessPoolExecutor
-from ._mp import Pool
+from ._mp import Pool, get_context
 
-__all__ = ["LoggingProcessPoolExecutor", "Pool", "__version__"]
+__all__ = ["LoggingProcessPoolExecutor", "Pool", "__version__", "get_context"]
 
 __version__ = "0.1.0"

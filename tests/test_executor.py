@@ -36,7 +36,7 @@ def test_is_a_process_pool_executor() -> None:
     assert issubclass(LoggingProcessPoolExecutor, ProcessPoolExecutor)
     import logexec
 
-    assert logexec.__all__ == ["LoggingProcessPoolExecutor", "Pool", "__version__"]
+    assert logexec.__all__ == ["LoggingProcessPoolExecutor", "Pool", "__version__", "get_context"]
 
 
 def test_signature_keeps_the_stdlib_parameters() -> None:
