@@ -38,6 +38,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.pool
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -74,6 +75,56 @@ class _Task:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # One bracket per call: a map's item is handed back only after its records are.
         return run_task(self.task_id, self.propagated, self.captured, self.levels, self.func, *args, **kwargs)
+
+
+class _Chunk:
+    """One chunk of a map or starmap: the calls of ``func`` on its items, in one bracket."""
+
+    __slots__ = ("func", "star")
+
+    def __init__(self, func: Callable[..., Any], star: bool) -> None:
+        self.func = func
+        self.star = star
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Chunk, (self.func, self.star))
+
+    def __call__(self, chunk: list[Any]) -> list[Any]:
+        func = self.func
+        if self.star:
+            return [func(*args) for args in chunk]
+        return [func(item) for item in chunk]
+
+
+class _Flattened:
+    """A map's callback, given the items' results rather than the chunks'."""
+
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[Any], object]) -> None:
+        self._callback = callback
+
+    def __call__(self, chunks: list[list[Any]]) -> None:
+        self._callback([value for chunk in chunks for value in chunk])
+
+
+class FlatResult:
+    """What ``map_async`` and ``starmap_async`` return: the stdlib's result, by item."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def get(self, timeout: float | None = None) -> list[Any]:
+        return [value for chunk in self._inner.get(timeout) for value in chunk]
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._inner.wait(timeout)
+
+    def ready(self) -> bool:
+        return bool(self._inner.ready())
+
+    def successful(self) -> bool:
+        return bool(self._inner.successful())
 
 
 class Workers:
@@ -180,6 +231,8 @@ class Pool(multiprocessing.pool.Pool):
         self._logexec_workers = Workers()
         self._logexec_lock = threading.Lock()
         self._logexec_task_ids = itertools.count()
+        # For the chunk size of map and starmap, as the stdlib computes it.
+        self._logexec_processes = processes if processes is not None else os.cpu_count() or 1
         self._logexec_level_watch = _compat.LevelWatch()
         self._logexec_levels = current_levels()
         self._logexec_levels_update: LevelsUpdate | None = None
@@ -246,13 +299,7 @@ class Pool(multiprocessing.pool.Pool):
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> Any:
-        task, forget = self._logexec_wrap(func)
-        return _forgotten_when_done(
-            forget,
-            callback,
-            error_callback,
-            lambda done, failed: super(Pool, self).map_async(task, iterable, chunksize, done, failed),
-        )
+        return self._logexec_map(func, iterable, chunksize, callback, error_callback, star=False)
 
     def starmap(
         self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None
@@ -268,13 +315,37 @@ class Pool(multiprocessing.pool.Pool):
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> Any:
-        task, forget = self._logexec_wrap(func)
-        return _forgotten_when_done(
+        return self._logexec_map(func, iterable, chunksize, callback, error_callback, star=True)
+
+    def _logexec_map(
+        self,
+        func: Callable[..., Any],
+        iterable: Iterable[Any],
+        chunksize: int | None,
+        callback: Callable[[Any], object] | None,
+        error_callback: Callable[[BaseException], object] | None,
+        *,
+        star: bool,
+    ) -> Any:
+        # The chunks are made here, as the stdlib makes them, and each runs as one task in
+        # one bracket: the stdlib hands a map's results back only once they are all in, so
+        # a barrier per chunk keeps the rule at a fraction of a barrier per item's cost.
+        items = list(iterable)
+        if chunksize is None:
+            chunksize, extra = divmod(len(items), self._logexec_processes * 4)
+            chunksize += 1 if extra else 0
+        elif chunksize < 1:
+            raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
+        chunks = [items[start : start + chunksize] for start in range(0, len(items), chunksize or 1)]
+        task, forget = self._logexec_wrap(_Chunk(func, star))
+        flat_callback = None if callback is None else _Flattened(callback)
+        inner = _forgotten_when_done(
             forget,
-            callback,
+            flat_callback,
             error_callback,
-            lambda done, failed: super(Pool, self).starmap_async(task, iterable, chunksize, done, failed),
+            lambda done, failed: super(Pool, self).map_async(task, chunks, 1, done, failed),
         )
+        return FlatResult(inner)
 
     def imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = 1) -> Any:
         task, forget = self._logexec_wrap(func)
