@@ -101,3 +101,18 @@ def dataloader_worker(index_queue: Any, data_queue: Any, done_event: Any, worker
 def process_target(n: int, tag: str) -> None:
     for counter in range(n):
         log.info("%s record %d", tag, counter)
+
+
+def slow_records(n: int, tag: str, pause: float, progress: str = "") -> int:
+    """Log n numbered records, pausing between them: still logging when the parent exits.
+
+    With ``progress``, each record's number is appended to that file once its log call
+    has returned: the records the parent must have.
+    """
+    fd = os.open(progress, os.O_WRONLY | os.O_CREAT | os.O_APPEND) if progress else -1
+    for counter in range(n):
+        log.info("%s record %d", tag, counter)
+        if fd >= 0:
+            os.write(fd, f"{counter}\n".encode())
+        time.sleep(pause)
+    return n

@@ -25,11 +25,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 TIMEOUT = 30
 
 
+class WriterFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"PARENT{os.getpid()} {record.getMessage()}"
+
+
 class SlowHandler(ListHandler):
     """Keeps each record only after a pause: a result that outruns its records shows."""
 
+    def __init__(self, delay: float = 0.02) -> None:
+        super().__init__()
+        self.delay = delay
+
     def emit(self, record: logging.LogRecord) -> None:
-        time.sleep(0.02)
+        time.sleep(self.delay)
         super().emit(record)
 
 
@@ -152,7 +161,10 @@ def test_a_worker_killed_by_sigkill_loses_no_record_it_logged(
 def test_terminate_then_join_handles_every_record_logged(
     make_pool: Callable[..., logexec.Pool], collect: Callable[..., ListHandler], tmp_path: Path
 ) -> None:
-    handler = collect()
+    # A slow handler: at terminate() a backlog of records is still to be handled.
+    handler = SlowHandler(delay=0.002)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.INFO)
     pool = make_pool(2)
     markers = [tmp_path / f"m{n}" for n in range(2)]
     for marker in markers:
@@ -162,8 +174,10 @@ def test_terminate_then_join_handles_every_record_logged(
         time.sleep(0.01)
     pool.terminate()
     pool.join()
+    # Read at once: after join() the records are handled, not merely on their way.
+    records = list(handler.records)
     numbers: dict[int, list[int]] = {}
-    for record in handler.records:
+    for record in records:
         numbers.setdefault(record.process or 0, []).append(int(record.getMessage().split()[-1]))
     assert len(numbers) == 2
     for sequence in numbers.values():
@@ -188,7 +202,8 @@ def test_fork_workers_do_not_write_to_the_parents_files(
 ) -> None:
     path = tmp_path / "log.txt"
     file_handler = logging.FileHandler(path)
-    file_handler.setFormatter(logging.Formatter("PARENT %(message)s"))
+    # Names the process that formats: a fork child writing through its inherited copy shows.
+    file_handler.setFormatter(WriterFormatter())
     root = logging.getLogger()
     root.addHandler(file_handler)
     root.setLevel(logging.INFO)
@@ -203,9 +218,9 @@ def test_fork_workers_do_not_write_to_the_parents_files(
         root.removeHandler(file_handler)
         file_handler.close()
     lines = path.read_text(encoding="utf-8").splitlines()
-    assert all(line.startswith("PARENT ") for line in lines), lines
+    assert all(line.startswith(f"PARENT{os.getpid()} ") for line in lines), lines
     assert sorted(line for line in lines if "record" in line) == sorted(
-        f"PARENT value {v} record 0" for v in range(10)
+        f"PARENT{os.getpid()} value {v} record 0" for v in range(10)
     )
     assert sum("initializer x" in line for line in lines) == 2
 

@@ -90,10 +90,9 @@ class _Chunk:
         return (_Chunk, (self.func, self.star))
 
     def __call__(self, chunk: list[Any]) -> list[Any]:
-        func = self.func
         if self.star:
-            return [func(*args) for args in chunk]
-        return [func(item) for item in chunk]
+            return list(itertools.starmap(self.func, chunk))
+        return list(map(self.func, chunk))
 
 
 class _Flattened:
@@ -105,7 +104,7 @@ class _Flattened:
         self._callback = callback
 
     def __call__(self, chunks: list[list[Any]]) -> None:
-        self._callback([value for chunk in chunks for value in chunk])
+        self._callback(list(itertools.chain.from_iterable(chunks)))
 
 
 class FlatResult:
@@ -115,7 +114,7 @@ class FlatResult:
         self._inner = inner
 
     def get(self, timeout: float | None = None) -> list[Any]:
-        return [value for chunk in self._inner.get(timeout) for value in chunk]
+        return list(itertools.chain.from_iterable(self._inner.get(timeout)))
 
     def wait(self, timeout: float | None = None) -> None:
         self._inner.wait(timeout)
@@ -330,7 +329,8 @@ class Pool(multiprocessing.pool.Pool):
         # The chunks are made here, as the stdlib makes them, and each runs as one task in
         # one bracket: the stdlib hands a map's results back only once they are all in, so
         # a barrier per chunk keeps the rule at a fraction of a barrier per item's cost.
-        items = list(iterable)
+        # A list or tuple is sliced as it is (the stdlib does not copy it either).
+        items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
         if chunksize is None:
             chunksize, extra = divmod(len(items), self._logexec_processes * 4)
             chunksize += 1 if extra else 0
