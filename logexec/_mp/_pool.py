@@ -240,7 +240,10 @@ class Pool(multiprocessing.pool.Pool):
         # Made before the stdlib's finalizer, so that (CPython calls the callbacks of an
         # object's weak references newest first) it runs after that one has terminated
         # the workers of a pool dropped while running; it waits for them in any case.
-        weakref.finalize(self, _stop_when_ended, channel, self._logexec_workers)
+        finalizer = weakref.finalize(self, _stop_when_ended, channel, self._logexec_workers)
+        # At interpreter exit the exit hook below terminates and drains instead (no thread
+        # can start by then).
+        finalizer.atexit = False
         self._logexec_entered = True
         try:
             super().__init__(
@@ -455,7 +458,7 @@ def _forgotten_when_done(
 def _forget_when_dropped(iterator: object, forget: _Forget | None) -> None:
     # An imap iterator has no callback: its context goes when the iterator does.
     if forget is not None:
-        weakref.finalize(iterator, forget)
+        weakref.finalize(iterator, forget).atexit = False
 
 
 def real_context(context: Any) -> BaseContext:
