@@ -12,3 +12,5 @@ case " $* " in
     *" --quick "*) python3 benchmarks/bench_stages.py --quick ;;
     *) python3 benchmarks/bench_stages.py ;;
 esac 2>&1 | tee benchmarks/results/bench_stages.log
+# bench_pool (logexec.Pool, issue 21) takes --rounds, not --repeats or --quick: run with its defaults.
+python3 benchmarks/bench_pool.py --rounds 9 --noop-tasks 1000000 2>&1 | tee benchmarks/results/bench_pool.log

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 
 from ._dispatch import capture_records
 from ._executor import LoggingProcessPoolExecutor
+from ._mp import Pool, get_context
 
-__all__ = ["LoggingProcessPoolExecutor", "__version__", "capture_records"]
+__all__ = ["LoggingProcessPoolExecutor", "Pool", "__version__", "capture_records", "get_context"]
 
 __version__ = "0.1.0"
 

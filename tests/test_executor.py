@@ -36,7 +36,7 @@ def test_is_a_process_pool_executor() -> None:
     assert issubclass(LoggingProcessPoolExecutor, ProcessPoolExecutor)
     import logexec
 
-    expected = ["LoggingProcessPoolExecutor", "__version__", "capture_records"]
+    expected = ["LoggingProcessPoolExecutor", "Pool", "__version__", "capture_records", "get_context"]
     if sys.version_info >= (3, 14):
         expected.append("LoggingInterpreterPoolExecutor")
     assert logexec.__all__ == expected

@@ -16,7 +16,7 @@ MAX_MODULE_LINES = 600
 MAX_CLASS_LINES = 400
 MAX_TOP_LEVEL_MODULES = 14
 # The fronts: each reaches the channel only through its seam, the package logexec._channel.
-FRONTS = ("logexec._executor", "logexec._interp", "logexec.dask", "logexec.joblib")
+FRONTS = ("logexec._executor", "logexec._interp", "logexec._mp", "logexec.dask", "logexec.joblib")
 SEAM = "logexec._channel"
 
 
