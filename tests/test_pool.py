@@ -6,7 +6,6 @@ import logging
 import multiprocessing
 import multiprocessing.pool
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -299,5 +298,25 @@ def test_bad_arguments_name_the_parameter() -> None:
         logexec.Pool(1, context="spawn")
 
 
-def test_signals_module_available() -> None:
-    assert signal.SIGKILL and os.getpid()
+def test_capture_records_collects_each_callers_tasks(
+    make_pool: Callable[..., logexec.Pool], collect: Callable[..., ListHandler]
+) -> None:
+    """capture_records() works with the Pool front: each thread's block gets its own tasks'
+    records (apply_async and map alike), in addition to normal handling."""
+    handler = collect("tests.pool", level=logging.INFO)
+    pool = make_pool(2)
+    results: dict[int, list[int]] = {}
+
+    def caller(value: int) -> None:
+        with logexec.capture_records() as records:
+            pool.apply_async(pool_tasks.log_and_return, (value, 3)).get(timeout=TIMEOUT)
+            pool.map(pool_tasks.log_and_return, [value] * 2)
+            results[value] = [record.value for record in records]  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=caller, args=(value,)) for value in (1, 2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=TIMEOUT)
+    assert results == {value: [value] * 5 for value in (1, 2, 3)}
+    assert len(handler.records) == 15
