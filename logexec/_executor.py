@@ -62,12 +62,10 @@ from typing import Any, Callable, ParamSpec, TypeVar
 
 from . import _compat, _context, _crash
 from ._channel import (
-    LevelsUpdate,
+    LevelTracker,
     LogChannel,
     WorkerExit,
-    current_levels,
     initialize,
-    level_changes,
     run_task,
 )
 from ._dispatch import Dispatcher, ForgetWhenDone, check_handlers
@@ -213,10 +211,8 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         self._logexec_task_ids = itertools.count()
         # Levels changed in the parent after the workers started travel with later tasks, as
         # changes from these base levels, which every worker starts from (see LevelsUpdate).
-        self._logexec_level_watch = _compat.LevelWatch()
-        self._logexec_levels = self._logexec_base_levels = current_levels()
-        self._logexec_config.levels = self._logexec_base_levels
-        self._logexec_levels_update: LevelsUpdate | None = None
+        self._logexec_levels = LevelTracker()
+        self._logexec_config.levels = self._logexec_levels.base
         extra = {} if max_tasks_per_child is None else {"max_tasks_per_child": max_tasks_per_child}
         super().__init__(
             max_workers,
@@ -282,9 +278,7 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
                 raise self._logexec_start_error
             if not self._logexec_started:
                 self._start_channel()
-            if self._logexec_level_watch.changed():
-                self._check_levels()
-            levels = self._logexec_levels_update
+            levels = self._logexec_levels.update()
             task_id = next(self._logexec_task_ids)
             context = contextvars.copy_context()
             # An empty context is what the listener thread has anyway: skip the bookkeeping.
@@ -392,19 +386,6 @@ class LoggingProcessPoolExecutor(ProcessPoolExecutor):
         if not self._logexec_forks:
             self._logexec_listener.start()
         self._logexec_started = True
-
-    def _check_levels(self) -> None:
-        """A level may have changed: if so, the next tasks carry the new levels."""
-        # Arm before reading, so that a change made meanwhile is seen next time.
-        self._logexec_level_watch.arm()
-        levels = current_levels()
-        if levels != self._logexec_levels:
-            self._logexec_levels = levels
-            version = self._logexec_levels_update[0] + 1 if self._logexec_levels_update else 1
-            # Made once per change and pickled with each task: only the loggers that differ
-            # from the base, so a task's cost does not grow with the configured loggers.
-            changes = level_changes(self._logexec_base_levels, levels)
-            self._logexec_levels_update = (version, changes, levels[1])
 
     def _watch_workers(self) -> None:
         """Start the thread that stops the listener once the pool's workers have exited."""

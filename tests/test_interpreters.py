@@ -171,7 +171,7 @@ def test_level_changes_travel_as_changes_from_the_base_and_back() -> None:
             loggers[1].setLevel(logging.NOTSET)
             logging.getLogger("tests.interp.new").setLevel(logging.ERROR)
             assert executor.submit(check, watched).result(timeout=60) == [10, 0, 40]
-            update = executor._logexec_levels_update
+            update = executor._logexec_levels.update()
             assert update is not None and len(update[1]) == 3, update
             loggers[0].setLevel(logging.WARNING)  # back to the base
             loggers[1].setLevel(logging.WARNING)

@@ -338,7 +338,7 @@ def test_levels_changed_in_the_parent_decide(
     handler = collect("tests.lifecycle", level=logging.INFO)
     with make_executor(1) as executor:
         assert executor.submit(tasks.log_at_levels, 0).result(timeout=RESULT_TIMEOUT) == ["INFO", "ERROR"]
-        assert executor._logexec_levels_update is None  # nothing extra per task while unchanged
+        assert executor._logexec_levels.update() is None  # nothing extra per task while unchanged
         logging.getLogger("tests.lifecycle").setLevel(logging.ERROR)
         executor.submit(tasks.log_at_levels, 1).result(timeout=RESULT_TIMEOUT)
         logging.disable(logging.CRITICAL)

@@ -47,7 +47,8 @@ The seam, name by name:
    record it logged (a barrier, sent only if it logged). ``levels`` is None while the
    parent's levels are the base levels the front fixed in ``config.levels`` before its
    workers started; after a change, a ``LevelsUpdate``: ``(version, level_changes(base,
-   current_levels()), disabled)``, made once per change. It names only the loggers that
+   current_levels()), disabled)``, made once per change (``LevelTracker``: ``base`` for the
+   config, ``update()`` per task, under the submit lock). It names only the loggers that
    differ from the base, so a task's size does not grow with the configured loggers, and
    it is complete by itself, whichever updates a worker missed (the joblib front sends one,
    version 0 while unchanged, with every batch). A front that ships the whole table
@@ -81,11 +82,12 @@ Inside (not for fronts): ``_listener`` (the thread, assembled from ``_guard``, `
 """
 
 from ._guard import OnWorkerExit, WorkerExit, report
-from ._parent import LogChannel
+from ._parent import LevelTracker, LogChannel
 from ._setup import apply_levels, initialize, run_task
 from ._worker import Levels, LevelsUpdate, WorkerConfig, current_levels, level_changes
 
 __all__ = [
+    "LevelTracker",
     "Levels",
     "LevelsUpdate",
     "LogChannel",

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import threading
 
+from .. import _compat
 from .._dispatch import Dispatcher
 from ._guard import OnWorkerExit
 from ._listener import Listener
 from ._portable import Address
-from ._worker import WorkerConfig
+from ._worker import Levels, LevelsUpdate, WorkerConfig, current_levels, level_changes
 
 # Key size for the listener's HMAC handshake: the size of a SHA-256 block's security level.
 KEY_SIZE = 32
@@ -70,3 +71,35 @@ class LogChannel:
     def transport(self) -> str:
         """The transport chosen at ``open()`` (see ``_transports``)."""
         return self._listener.transport
+
+
+class LevelTracker:
+    """A front's side of the workers' levels: the base they start from, and the update
+    each task carries once the parent's levels changed (see ``LevelsUpdate``).
+
+    ``base`` is fixed when the tracker is made, before any worker starts (a front puts it
+    in ``WorkerConfig.levels``). ``update()``, called under the front's submit lock, costs
+    one dict look-up while no level changes (``_compat.LevelWatch``); after a change it
+    makes one update, of the loggers that differ from the base only, shared by every task
+    until the next change.
+    """
+
+    __slots__ = ("_levels", "_update", "_watch", "base")
+
+    def __init__(self) -> None:
+        self._watch = _compat.LevelWatch()
+        self.base: Levels = current_levels()
+        self._levels = self.base
+        self._update: LevelsUpdate | None = None
+
+    def update(self) -> LevelsUpdate | None:
+        """What the next task carries: None while the levels are the base's."""
+        if self._watch.changed():
+            # Arm before reading, so that a change made meanwhile is seen next time.
+            self._watch.arm()
+            levels = current_levels()
+            if levels != self._levels:
+                self._levels = levels
+                version = self._update[0] + 1 if self._update else 1
+                self._update = (version, level_changes(self.base, levels), levels[1])
+        return self._update

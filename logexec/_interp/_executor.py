@@ -20,8 +20,8 @@ from concurrent import interpreters
 from concurrent.futures import Future, InterpreterPoolExecutor
 from typing import Any, Callable, ParamSpec, TypeVar
 
-from .. import _compat, _context
-from .._channel import LevelsUpdate, current_levels, level_changes, report
+from .. import _context
+from .._channel import LevelTracker, report
 from .._dispatch import Dispatcher, ForgetWhenDone, check_handlers
 from .._records import decode_record
 from . import _worker
@@ -112,21 +112,18 @@ class LoggingInterpreterPoolExecutor(InterpreterPoolExecutor):
         workers = max_workers if max_workers is not None else min(32, (os.process_cpu_count() or 1) + 4)
         self._logexec_reader = _Reader(self._logexec_dispatcher, max(workers, 1))
         # The base every level update is relative to, fixed before any interpreter starts.
-        self._logexec_base_levels = current_levels()
+        self._logexec_levels = LevelTracker()
         link = _worker.Link(
             self._logexec_reader.records,
             self._logexec_reader.answers,
             self._logexec_reader.stopped,
-            self._logexec_base_levels,
+            self._logexec_levels.base,
         )
         super().__init__(
             max_workers, thread_name_prefix, _worker.initialize, (link, initializer, tuple(initargs))
         )
         self._logexec_lock = threading.Lock()
         self._logexec_task_ids = itertools.count()
-        self._logexec_level_watch = _compat.LevelWatch()
-        self._logexec_levels = current_levels()
-        self._logexec_levels_update: LevelsUpdate | None = None
         # Dropped without shutdown(): the reader stops once the pending work is done and
         # every interpreter has said goodbye.
         weakref.finalize(self, self._logexec_reader.stop_when_idle)
@@ -160,9 +157,7 @@ class LoggingInterpreterPoolExecutor(InterpreterPoolExecutor):
         with self._logexec_lock:
             captured = _context.capture_values(self._logexec_variables)
             reader.start()
-            if self._logexec_level_watch.changed():
-                self._check_levels()
-            levels = self._logexec_levels_update
+            levels = self._logexec_levels.update()
             task_id = next(self._logexec_task_ids)
             context = contextvars.copy_context()
             keep_context = len(context) > 0
@@ -201,16 +196,6 @@ class LoggingInterpreterPoolExecutor(InterpreterPoolExecutor):
         if wait:
             # Every interpreter is closed: each said goodbye after its last barrier.
             reader.join()
-
-    def _check_levels(self) -> None:
-        """A level may have changed: if so, the next tasks carry the new levels."""
-        self._logexec_level_watch.arm()
-        levels = current_levels()
-        if levels != self._logexec_levels:
-            self._logexec_levels = levels
-            version = self._logexec_levels_update[0] + 1 if self._logexec_levels_update else 1
-            changes = level_changes(self._logexec_base_levels, levels)
-            self._logexec_levels_update = (version, changes, levels[1])
 
 
 class _Reader:

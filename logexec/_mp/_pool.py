@@ -45,13 +45,12 @@ from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.context import BaseContext
 from typing import Any
 
-from .. import _compat, _context
+from .. import _context
 from .._channel import (
     LevelsUpdate,
+    LevelTracker,
     LogChannel,
-    current_levels,
     initialize,
-    level_changes,
     report,
     run_task,
 )
@@ -240,14 +239,12 @@ class Pool(multiprocessing.pool.Pool):
         self._logexec_task_ids = itertools.count()
         # For the chunk size of map and starmap, as the stdlib computes it.
         self._logexec_processes = processes if processes is not None else os.cpu_count() or 1
-        self._logexec_level_watch = _compat.LevelWatch()
         # Levels changed after the workers started travel with later tasks, as the changes
         # from these base levels, which every worker starts from (see LevelsUpdate).
-        self._logexec_levels = self._logexec_base_levels = current_levels()
-        self._logexec_levels_update: LevelsUpdate | None = None
+        self._logexec_levels = LevelTracker()
         channel = self._logexec_channel
         config = channel.open()
-        config.levels = self._logexec_base_levels
+        config.levels = self._logexec_levels.base
         # Made before the stdlib's finalizer, so that (CPython calls the callbacks of an
         # object's weak references newest first) it runs after that one has terminated
         # the workers of a pool dropped while running; it waits for them in any case.
@@ -405,9 +402,7 @@ class Pool(multiprocessing.pool.Pool):
             )
         with self._logexec_lock:
             captured = _context.capture_values(self._logexec_variables)
-            if self._logexec_level_watch.changed():
-                self._logexec_check_levels()
-            levels = self._logexec_levels_update
+            levels = self._logexec_levels.update()
             task_id = next(self._logexec_task_ids)
         context = contextvars.copy_context()
         forget: _Forget | None = None
@@ -416,18 +411,6 @@ class Pool(multiprocessing.pool.Pool):
             self._logexec_dispatcher.register(task_id, context)
             forget = _Forget(self._logexec_dispatcher, task_id)
         return _Task(task_id, self._logexec_addresses, captured, levels, func), forget
-
-    def _logexec_check_levels(self) -> None:
-        # Arm before reading, so that a change made meanwhile is seen next time.
-        self._logexec_level_watch.arm()
-        levels = current_levels()
-        if levels != self._logexec_levels:
-            self._logexec_levels = levels
-            version = self._logexec_levels_update[0] + 1 if self._logexec_levels_update else 1
-            # Only the loggers that differ from the base: a task's cost does not grow with
-            # the number of configured loggers.
-            changes = level_changes(self._logexec_base_levels, levels)
-            self._logexec_levels_update = (version, changes, levels[1])
 
 
 class _Forget:
