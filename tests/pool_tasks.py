@@ -116,3 +116,10 @@ def slow_records(n: int, tag: str, pause: float, progress: str = "") -> int:
             os.write(fd, f"{counter}\n".encode())
         time.sleep(pause)
     return n
+
+
+def log_then_exit(n: int, code: int) -> int:
+    """Log n records, then end the worker with os._exit(code)."""
+    for counter in range(n):
+        log.warning("exiting record %d", counter)
+    os._exit(code)
