@@ -164,9 +164,15 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in figures.items()}
     # Each round's own ratio, then their median: the drift between rounds cancels out.
     ratios = {
-        "recipe": statistics.median(a / b for a, b in zip(figures["logexec"], figures["recipe"])),
-        "single": statistics.median(a / b for a, b in zip(figures["logexec"], figures["single"])),
-        "noop": statistics.median(a / b for a, b in zip(figures["noop-logexec"], figures["noop-plain"])),
+        "recipe": statistics.median(
+            a / b for a, b in zip(figures["logexec"], figures["recipe"], strict=True)
+        ),
+        "single": statistics.median(
+            a / b for a, b in zip(figures["logexec"], figures["single"], strict=True)
+        ),
+        "noop": statistics.median(
+            a / b for a, b in zip(figures["noop-logexec"], figures["noop-plain"], strict=True)
+        ),
     }
     rows = [
         f"| logexec.Pool, 100 records/task | {medians['logexec']:,.0f} records/s | "

@@ -107,7 +107,7 @@ def main() -> None:
         line = f"| {case} | {statistics.median(mine) * 1e9:.0f} |"
         if ("alt", case) in results:
             theirs = results[("alt", case)]
-            ratios = [a / b for a, b in zip(mine, theirs)]
+            ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
             line += f" {statistics.median(theirs) * 1e9:.0f} | {statistics.median(ratios):.3f} |"
         else:
             line += " n/a | n/a |"

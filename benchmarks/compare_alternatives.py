@@ -61,9 +61,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import _common
 
@@ -665,7 +665,11 @@ def report(
             elif len(variants) == 1:
                 row.append(runs[0]["cell"])
             else:
-                row.append("<br>".join(f"{variant}: {run['cell']}" for variant, run in zip(variants, runs)))
+                row.append(
+                    "<br>".join(
+                        f"{variant}: {run['cell']}" for variant, run in zip(variants, runs, strict=True)
+                    )
+                )
         rows.append(row)
     command = "python3 " + " ".join(shlex.quote(argument) for argument in argv)
     lines = [

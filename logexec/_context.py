@@ -17,8 +17,8 @@ import contextvars
 import importlib
 import pickle
 import sys
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

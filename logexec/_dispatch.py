@@ -10,10 +10,10 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Callable
+from typing import Any
 
 
 def dispatching_thread(target: Callable[[], object], name: str) -> threading.Thread:

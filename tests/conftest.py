@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # The module that only the worker has: a class defined there pickles in the worker, and
 # the parent cannot import it.

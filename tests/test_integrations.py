@@ -15,9 +15,9 @@ import multiprocessing
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -187,7 +187,7 @@ def test_caplog_has_worker_records_as_soon_as_result_returns(
         in_worker = list(caplog.records)
         assert caplog.text == parent_text
     assert len(in_worker) == len(in_parent) == 4
-    for local, remote in zip(in_parent, in_worker):
+    for local, remote in zip(in_parent, in_worker, strict=True):
         for field in COMPARED_FIELDS:
             assert getattr(remote, field) == getattr(local, field), field
         assert remote.getMessage() == local.getMessage()

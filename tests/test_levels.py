@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

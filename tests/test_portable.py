@@ -11,10 +11,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing import AuthenticationError
 from multiprocessing import connection as mp_connection
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

@@ -130,7 +130,7 @@ def _matches(spec: Any, rebuilt: Any) -> bool:
         return (
             type(rebuilt) is expected_type
             and len(rebuilt) == len(spec[1])
-            and all(_matches(item, value) for item, value in zip(spec[1], rebuilt))
+            and all(_matches(item, value) for item, value in zip(spec[1], rebuilt, strict=True))
         )
     if kind == "dict":
         return (
@@ -312,7 +312,7 @@ def test_records_cross_a_real_pool_once_and_whole(
     passed = [index for index, spec in enumerate(specs) if spec["level"] >= 1]
     assert [vars(record)["spec_index"] for record in arrived] == passed
     for spec, worker_view, rebuilt in zip(
-        [specs[index] for index in passed], [seen[index] for index in passed], arrived
+        [specs[index] for index in passed], [seen[index] for index in passed], arrived, strict=True
     ):
         local = tasks.make_record(spec)  # the same spec built here: the fields it fixes
         tasks.forget_ghosts()

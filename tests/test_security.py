@@ -7,7 +7,8 @@ import logging
 import os
 import socket
 import stat
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

@@ -15,7 +15,8 @@ import os
 import re
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

@@ -16,10 +16,11 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from multiprocessing import AuthenticationError
 from multiprocessing import connection as mp_connection
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

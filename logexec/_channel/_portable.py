@@ -45,10 +45,10 @@ import selectors
 import socket
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from multiprocessing import AuthenticationError
 from multiprocessing import connection as mp_connection
-from typing import Any, Callable
+from typing import Any
 
 from .. import _compat
 from . import _socket

@@ -43,7 +43,8 @@ import os
 import stat
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import _transports
 

@@ -22,7 +22,8 @@ import logging
 import logging.handlers
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import _compat, _context
 from . import _framing

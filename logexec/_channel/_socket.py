@@ -28,7 +28,7 @@ import struct
 import sys
 import tempfile
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 # AF_UNIX paths are limited to 108 bytes on Linux and 104 on macOS, terminator included.
 _UNIX_PATH_LIMIT = 100

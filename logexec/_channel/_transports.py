@@ -26,7 +26,7 @@ import os
 import platform
 import socket
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 RING = "ring"
 SOCKET = "socket"

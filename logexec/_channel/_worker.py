@@ -21,7 +21,8 @@ import logging.handlers
 import os
 import socket
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import _compat
 from . import _framing, _portable, _ring, _transports

@@ -15,10 +15,10 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent import interpreters
 from concurrent.futures import Future, InterpreterPoolExecutor
-from typing import Any, Callable, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from .. import _context
 from .._channel import LevelTracker, report

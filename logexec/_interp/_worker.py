@@ -27,8 +27,9 @@ assert sys.version_info >= (3, 14)  # what makes mypy skip the rest (the `if` do
 import atexit
 import logging
 import time
+from collections.abc import Callable
 from concurrent.interpreters import Queue, QueueEmpty, QueueFull
-from typing import Any, Callable
+from typing import Any
 
 from .. import _context
 from .._channel import Levels, LevelsUpdate, apply_levels, current_levels

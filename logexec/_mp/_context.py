@@ -33,8 +33,8 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from .._channel import LogChannel, WorkerConfig, WorkerExit, initialize
 from .._dispatch import Dispatcher

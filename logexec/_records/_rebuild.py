@@ -9,7 +9,8 @@ import functools
 import io
 import logging
 import pickle
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from ._fields import (
     _FAILURES,

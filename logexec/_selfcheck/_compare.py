@@ -38,9 +38,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ALL_COMPLETED, wait
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from .._executor import LoggingProcessPoolExecutor
 from ._harness import run_isolated
@@ -463,7 +463,9 @@ def format_table(outcomes: Sequence[Outcome], labels: dict[str, str]) -> str:
     widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
     lines = []
     for row in rows:
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:-1], widths[1:])]
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:-1], widths[1:], strict=False)
+        ]
         lines.append("  " + "  ".join([*cells, row[-1]]))
     return "\n".join(lines)
 

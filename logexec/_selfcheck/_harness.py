@@ -20,8 +20,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Sequence
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 # How long a killed session's leader may take to be reaped.
 REAP_SECONDS = 3.0

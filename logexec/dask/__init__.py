@@ -63,9 +63,9 @@ import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 try:
     import distributed

@@ -250,7 +250,7 @@ class Receiver:
         if finished:
             try:
                 gathered = self._client.gather([task.dask_future for task in finished])
-                values = {task.task_id: outcome for task, outcome in zip(finished, gathered)}
+                values = {task.task_id: outcome for task, outcome in zip(finished, gathered, strict=True)}
             except Exception:
                 # One of them could not be fetched (its worker died, or its value does not
                 # serialize); fetch each alone below, so that only that one fails.

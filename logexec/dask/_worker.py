@@ -44,7 +44,8 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .. import _compat, _context, _records
 

@@ -35,9 +35,9 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 from .._channel import LevelsUpdate
 from .._dispatch import Dispatcher, check_handlers

@@ -16,7 +16,8 @@ then runs through ``run_batch``, which
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .._channel import LevelsUpdate
 from .._channel import run_task as _run_task
