@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -47,8 +48,11 @@ def log_unpicklable_extra() -> None:
     log.warning("with an odd extra", extra={"odd": Unpicklable(), "plain": 7})
 
 
-def log_from_thread() -> str:
-    thread = threading.Thread(target=log.warning, args=("from a thread of the task",), name="task-thread")
+def log_from_thread(in_context: bool = False) -> str:
+    target: Any = log.warning
+    if in_context:  # the task's context, as copy_context().run gives it
+        target = functools.partial(contextvars.copy_context().run, log.warning)
+    thread = threading.Thread(target=target, args=("from a thread of the task",), name="task-thread")
     thread.start()
     thread.join(timeout=30)
     return "joined"
@@ -74,3 +78,10 @@ def read_request_id() -> str:
 def levels_of(names: list[str]) -> list[int]:
     """The levels this interpreter's loggers have (set, not effective)."""
     return [logging.getLogger(name).level for name in names]
+
+
+def sleep_then_log() -> str:
+    """Runs while the late thread of log_from_late_thread logs (it sleeps 0.3 s first)."""
+    time.sleep(0.6)
+    log.warning("slept")
+    return "slept"

@@ -229,16 +229,21 @@ def test_the_users_initializer_runs_after_the_set_up_and_can_log(collect: Collec
 
 
 @needs_314
-def test_records_from_threads_the_task_starts_arrive_in_its_context(collect: Collect) -> None:
+@pytest.mark.parametrize("in_context", [True, False])
+def test_records_from_threads_the_task_starts_arrive(collect: Collect, in_context: bool) -> None:
+    """A thread's records arrive; they carry the task's context only if the thread runs in it
+    (copy_context().run), as in-process and in the process pool: a plain thread has none."""
     seen: list[str] = []
     collect.addFilter(lambda record: seen.append(interp_tasks.REQUEST_ID.get("none")) or True)
     with _executor(max_workers=1) as executor:
         context = contextvars.copy_context()
         context.run(interp_tasks.REQUEST_ID.set, "req-thread")
-        assert context.run(executor.submit, interp_tasks.log_from_thread).result(timeout=60) == "joined"
+        future = context.run(executor.submit, interp_tasks.log_from_thread, in_context)
+        assert future.result(timeout=60) == "joined"
         assert [r.getMessage() for r in collect.records] == ["from a thread of the task"]
         assert collect.records[0].threadName == "task-thread"
-    assert seen == ["req-thread"]
+    inherits = bool(getattr(sys.flags, "thread_inherit_context", 0))
+    assert seen == ["req-thread" if in_context or inherits else "none"]
 
 
 @needs_314
@@ -247,6 +252,25 @@ def test_a_thread_that_outlives_its_task_is_handled_by_shutdown(collect: Collect
     assert executor.submit(interp_tasks.log_from_late_thread).result(timeout=60) == "started"
     executor.shutdown(wait=True)
     assert [r.getMessage() for r in collect.records] == ["after the task returned"]
+
+
+@needs_314
+def test_a_thread_left_running_is_not_stamped_with_the_next_task(collect: Collect) -> None:
+    """Task 1 leaves a thread that logs while task 2 (another request) runs: its record meets
+    no request's context, not task 2's (issue 25, item 4, as in the process pool)."""
+    seen: list[tuple[str, str]] = []
+    collect.addFilter(
+        lambda record: seen.append((record.getMessage(), interp_tasks.REQUEST_ID.get("none"))) or True
+    )
+    with _executor(max_workers=1) as executor:
+        for request, task in (
+            ("req-1", interp_tasks.log_from_late_thread),
+            ("req-2", interp_tasks.sleep_then_log),
+        ):
+            context = contextvars.copy_context()
+            context.run(interp_tasks.REQUEST_ID.set, request)
+            context.run(executor.submit, task).result(timeout=60)
+    assert sorted(seen) == [("after the task returned", "none"), ("slept", "req-2")], seen
 
 
 @needs_314

@@ -232,7 +232,12 @@ class _Reader:
             # pool's own exit hook closes every interpreter first (each waits for this thread
             # to answer its last barrier); then, the main thread gone and nothing pending,
             # this thread ends and the interpreter's join of it returns.
-            thread = threading.Thread(target=self._run, name="logexec-interpreters", daemon=False)
+            # In an empty context of its own: a record of no task is dispatched in this
+            # thread's context, which must be nobody's (3.14 threads may inherit their
+            # starter's: see _dispatch.dispatching_thread). Not a daemon: see _run.
+            thread = threading.Thread(
+                target=contextvars.Context().run, args=(self._run,), name="logexec-interpreters", daemon=False
+            )
             thread.start()
             self.thread = thread
 

@@ -25,6 +25,7 @@ if sys.version_info < (3, 14):  # mypy checks on 3.11
 assert sys.version_info >= (3, 14)  # what makes mypy skip the rest (the `if` does not)
 
 import atexit
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -80,8 +81,10 @@ class _State:
         self.stopped = link.stopped
         self.answers = answers
         self.answers_id: int = answers.id
-        # The task running now, if any: records from every thread of this interpreter carry
-        # it, threads the task started included (one task at a time per interpreter).
+        # The task running now, if any (one at a time per interpreter). A record carries it
+        # only if it was logged in that task's context (_TASK), as in the process pool: a
+        # plain thread the task started, or one an earlier task left running, logs in no
+        # task's context, and its records meet no submitter's values.
         self.task_id: int | None = None
         # Whether anything was put since the last barrier (a flag, not a count: a record
         # put while a barrier is sent is either before its marker or flushed by the next).
@@ -93,6 +96,9 @@ class _State:
 
 
 _state: _State | None = None
+# The task whose context this is: set by run_task in the task's thread, inherited by what it
+# runs in that context (asyncio, copy_context().run, and threads where they inherit it).
+_TASK: contextvars.ContextVar[int | None] = contextvars.ContextVar("logexec_interpreter_task", default=None)
 
 
 class InterpreterHandler(logging.Handler):
@@ -116,7 +122,10 @@ class InterpreterHandler(logging.Handler):
                 record = verdict
         state = self._state
         try:
-            payload = encode_values(record_values(record, state.task_id))
+            task_id = _TASK.get()
+            if task_id != state.task_id:
+                task_id = None  # a thread that is not the running task's
+            payload = encode_values(record_values(record, task_id))
         except Exception:
             self.handleError(record)
             return True
@@ -197,11 +206,13 @@ def run_task(
         state.levels_version = levels[0]
         apply_levels(_with_changes(state.base, levels))
     state.task_id = task_id
+    token = _TASK.set(task_id)
     try:
         if captured is not None:
             return _context.call_with_values(propagated, captured, fn, *args, **kwargs)
         return fn(*args, **kwargs)
     finally:
+        _TASK.reset(token)
         state.task_id = None
         if state.dirty:
             _barrier(state, BARRIER)
