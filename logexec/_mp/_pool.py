@@ -40,6 +40,7 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.pool
 import os
+import signal
 import threading
 import time
 import weakref
@@ -198,7 +199,8 @@ class _ReportDeaths:
     dead one ran never completes (its ``get()`` waits for its timeout). This logs, on the
     "logexec" logger at ERROR, the notes a broken ``LoggingProcessPoolExecutor`` carries:
     the pid, how it ended, and its last records. Workers that exit normally
-    (``maxtasksperchild``) and those ``terminate()`` stops are not reported.
+    (``maxtasksperchild``) and those ``terminate()`` stops (SIGTERM, also sent by the
+    finalizer of a dropped pool) are not reported.
     """
 
     def __init__(self, workers: Workers, terminating: threading.Event) -> None:
@@ -223,8 +225,10 @@ class _ReportDeaths:
                     continue
             self._waiting.pop(pid, None)
             self._done.append(pid)
-            if code is None or code == 0 or self._terminating.is_set():
-                continue  # not ours, ended normally, or stopped by terminate()
+            if code is None or code in (0, -signal.SIGTERM) or self._terminating.is_set():
+                # Not ours, ended normally, or stopped by terminate(): SIGTERM is also how the
+                # stdlib's finalizer of a dropped pool stops its workers, without terminate().
+                continue
             report(
                 logging.ERROR,
                 "%s\n  logexec.Pool: the task it ran (if any) will never complete, as with "
