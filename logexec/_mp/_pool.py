@@ -32,7 +32,6 @@ does a moment later), then the listener drains.
 from __future__ import annotations
 
 import atexit
-import collections
 import contextvars
 import itertools
 import logging
@@ -40,11 +39,9 @@ import multiprocessing
 import multiprocessing.connection
 import multiprocessing.pool
 import os
-import signal
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -53,16 +50,11 @@ from .._channel import (
     LevelsUpdate,
     LevelTracker,
     LogChannel,
-    WorkerExit,
     initialize,
     report,
     run_task,
 )
-from .._crash import worker_note
 from .._dispatch import Dispatcher, check_handlers
-
-# How long a dead worker's report waits for its exit code once its connection has ended.
-EXIT_CODE_WAIT_SECONDS = 5.0
 
 
 class _Task:
@@ -147,23 +139,12 @@ class Workers:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._processes: list[multiprocessing.process.BaseProcess] = []
-        # The last ones that ended, for the report of a worker that died (_ReportDeaths).
-        self._ended: collections.deque[multiprocessing.process.BaseProcess] = collections.deque(maxlen=64)
 
     def add(self, process: multiprocessing.process.BaseProcess) -> None:
         with self._lock:
             # Drop those that ended, so that a long-lived pool keeps a short list.
-            self._ended.extend(p for p in self._processes if _ended(p))
             self._processes = [p for p in self._processes if not _ended(p)]
             self._processes.append(process)
-
-    def find(self, pid: int) -> multiprocessing.process.BaseProcess | None:
-        """The pool's process of that pid, if it is one (not a process a task started)."""
-        with self._lock:
-            for process in (*self._processes, *self._ended):
-                if process.pid == pid:
-                    return process
-        return None
 
     def wait_all_ended(self) -> None:
         """Return once every process made so far has ended (the pool makes no more by then)."""
@@ -190,57 +171,6 @@ def _ended(process: multiprocessing.process.BaseProcess) -> bool:
         return multiprocessing.connection.wait([process.sentinel], timeout=0) != []
     except ValueError:  # closed by its owner: it ended
         return True
-
-
-class _ReportDeaths:
-    """on_worker_exit for a Pool: a worker that died abruptly is reported, named.
-
-    The stdlib's Pool says nothing when a worker dies: it starts another, and the task the
-    dead one ran never completes (its ``get()`` waits for its timeout). This logs, on the
-    "logexec" logger at ERROR, the notes a broken ``LoggingProcessPoolExecutor`` carries:
-    the pid, how it ended, and its last records. Workers that exit normally
-    (``maxtasksperchild``) and those ``terminate()`` stops (SIGTERM, also sent by the
-    finalizer of a dropped pool) are not reported.
-    """
-
-    def __init__(self, workers: Workers, terminating: threading.Event) -> None:
-        self._workers = workers
-        self._terminating = terminating
-        # pid -> when to give up waiting for its exit code (its connection ends first).
-        self._waiting: dict[int, float] = {}
-        self._done: collections.deque[int] = collections.deque(maxlen=256)
-
-    def __call__(self, exits: Sequence[WorkerExit]) -> bool:
-        waiting = False
-        for worker_exit in exits:
-            pid = worker_exit.pid
-            if pid in self._done:
-                continue
-            process = self._workers.find(pid)
-            code = process.exitcode if process is not None else None
-            if process is not None and code is None:
-                deadline = self._waiting.setdefault(pid, time.monotonic() + EXIT_CODE_WAIT_SECONDS)
-                if time.monotonic() < deadline:
-                    waiting = True  # asked again soon
-                    continue
-            self._waiting.pop(pid, None)
-            self._done.append(pid)
-            if code is None or code in (0, -signal.SIGTERM) or self._terminating.is_set():
-                # Not ours, ended normally, or stopped by terminate(): SIGTERM is also how the
-                # stdlib's finalizer of a dropped pool stops its workers, without terminate().
-                continue
-            report(
-                logging.ERROR,
-                "%s\n  logexec.Pool: the task it ran (if any) will never complete, as with "
-                "multiprocessing.Pool; a replacement worker was started",
-                _without_running(worker_note(pid, code, worker_exit, {})),
-            )
-        return not waiting
-
-
-def _without_running(note: str) -> str:
-    # The pool's tasks are not known by id here: say nothing rather than "no task".
-    return "\n".join(line for line in note.splitlines() if not line.startswith("  running: "))
 
 
 class PoolContext:
@@ -304,10 +234,7 @@ class Pool(multiprocessing.pool.Pool):
         self._logexec_addresses = tuple(self._logexec_variables)
         self._logexec_dispatcher = Dispatcher(check_handlers(handlers))
         self._logexec_workers = Workers()
-        self._logexec_terminating = threading.Event()
-        self._logexec_channel = LogChannel(
-            self._logexec_dispatcher, _ReportDeaths(self._logexec_workers, self._logexec_terminating)
-        )
+        self._logexec_channel = LogChannel(self._logexec_dispatcher)
         self._logexec_lock = threading.Lock()
         self._logexec_task_ids = itertools.count()
         # For the chunk size of map and starmap, as the stdlib computes it.
@@ -448,7 +375,6 @@ class Pool(multiprocessing.pool.Pool):
     # -- the end: the channel stops once the workers are gone ---------------------------
 
     def terminate(self) -> None:
-        self._logexec_terminating.set()
         super().terminate()
         # The stdlib's terminate joins every worker it had: read what they wrote, then stop.
         self._logexec_stop()
