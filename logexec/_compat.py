@@ -15,6 +15,7 @@ import multiprocessing.connection
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -214,6 +215,12 @@ def note_when_broken(
     original = getattr(thread, "terminate_broken", None)
     if thread is None or not callable(original) or "terminate_broken" in vars(thread):
         return False
+    # Held weakly: the wrapper lives in the thread's own __dict__, and a strong bound method
+    # would make thread -> wrapper -> thread a cycle, keeping the pool's queues (and their
+    # semaphores) alive until the garbage collector runs, where the stdlib frees them when
+    # the pool is dropped; the resource tracker then reports them as leaked.
+    original_ref = weakref.WeakMethod(original)
+    del original
     processes: dict[int, Any] = getattr(thread, "processes", None) or {}
     pending: object = getattr(thread, "pending_work_items", None)
     if not isinstance(pending, dict):
@@ -234,7 +241,9 @@ def note_when_broken(
         except Exception as error:  # the notes are a courtesy: the pool must break regardless
             on_error(error)
         try:
-            return original(*args, **kwargs)
+            method = original_ref()
+            # The thread calls this on itself, so it is alive and so is its method.
+            return None if method is None else method(*args, **kwargs)
         finally:
             for future in hooked:
                 vars(future).pop("set_exception", None)

@@ -196,3 +196,7 @@ def log_at_exit(n: int) -> int:
     # multiprocessing's children skip atexit; its own exit hooks run, highest priority first.
     util.Finalize(None, hook, exitpriority=100)
     return n
+
+
+def fail_to_initialize() -> None:
+    raise ValueError("an initializer that fails")

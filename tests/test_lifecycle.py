@@ -15,8 +15,9 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -424,3 +425,35 @@ def test_a_signal_handler_that_logs_never_deadlocks_a_worker(
         (message for message in messages if message.startswith("from the signal")),
         key=lambda message: int(message.split()[-1]),
     ) == [f"from the signal handler {n}" for n in range(1, calls + 1)]
+
+
+@pytest.mark.parametrize("outcome", ["clean", "broken by its initializer"])
+def test_a_dropped_pool_frees_its_queues_without_the_garbage_collector(mp_context: Any, outcome: str) -> None:
+    """Dropping a shut-down pool frees its queues at once, as the stdlib's does.
+
+    Their semaphores are registered with multiprocessing's resource tracker until freed; kept
+    alive by a reference cycle, they outlive the pool until a collection runs, and the tracker
+    reports them as leaked (CPython's FailingInitializerResourcesTest checks exactly that).
+    """
+    initializer = tasks.fail_to_initialize if outcome != "clean" else None
+    freed = {}
+    gc.collect()
+    gc.disable()
+    try:
+        for kind, cls in (("stdlib", ProcessPoolExecutor), ("logexec", LoggingProcessPoolExecutor)):
+            executor = cls(2, mp_context=mp_context, initializer=initializer)
+            future = executor.submit(tasks.pid)
+            if initializer is None:
+                future.result(timeout=RESULT_TIMEOUT)
+            else:
+                with pytest.raises(BrokenProcessPool):
+                    future.result(timeout=RESULT_TIMEOUT)
+            del future
+            queues = [weakref.ref(executor._call_queue), weakref.ref(executor._result_queue)]  # type: ignore[attr-defined]
+            executor.shutdown(wait=True)
+            del executor
+            freed[kind] = [queue() is None for queue in queues]
+    finally:
+        gc.enable()
+    assert freed["stdlib"] == [True, True], "premise: the stdlib's pool is freed by reference counting"
+    assert freed["logexec"] == [True, True], "a reference cycle keeps logexec's pool queues alive"
