@@ -58,6 +58,29 @@ _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
 Task = tuple[Callable[..., Any], Sequence[Any], Mapping[str, Any]]
 
 
+class MapCall:
+    """A task that calls ``fn`` on many items (a Pool's ``map``, ``imap``): named as such."""
+
+    __slots__ = ("fn", "items", "method")
+
+    def __init__(self, method: str, fn: Callable[..., Any], items: Sequence[Any] | None) -> None:
+        self.method = method
+        self.fn = fn
+        self.items = items  # None: not known (an iterator, consumed as the pool goes)
+
+    def describe(self) -> str:
+        """``Pool.map of module.qualname over 1000 items: [0, 1, 2, 3, ...]``."""
+        name = _name_of(self.fn)
+        if self.items is None:
+            return f"Pool.{self.method} of {name}"
+        count = len(self.items)
+        noun = "item" if count == 1 else "items"
+        shown = _safe_repr(self.items)
+        if len(shown) > MAX_ARGS_CHARS:
+            shown = shown[: MAX_ARGS_CHARS - 3] + "..."
+        return f"Pool.{self.method} of {name} over {count} {noun}: {shown}"
+
+
 class CrashLog:
     """The exits the listener has heard of, by pid; and the notes of the pool's breaking."""
 
@@ -109,7 +132,9 @@ class CrashLog:
         return notes
 
 
-def worker_note(pid: int, exit_code: int, worker_exit: WorkerExit | None, tasks: Mapping[int, Task]) -> str:
+def worker_note(
+    pid: int, exit_code: int, worker_exit: WorkerExit | None, tasks: Mapping[int, Task | MapCall]
+) -> str:
     """The note for one dead worker: how it ended, its task, its last records."""
     lines = [f"logexec: worker {pid} {describe_exit(exit_code)}"]
     if worker_exit is None:
@@ -117,7 +142,7 @@ def worker_note(pid: int, exit_code: int, worker_exit: WorkerExit | None, tasks:
         return "\n".join(lines)
     task = tasks.get(worker_exit.last_task) if worker_exit.last_task is not None else None
     if task is not None:
-        lines.append(f"  running: {describe_call(*task)}")
+        lines.append(f"  running: {task.describe() if isinstance(task, MapCall) else describe_call(*task)}")
     else:
         lines.append("  running: no task that had logged (it was idle, or its task had not logged yet)")
     records = record_lines(worker_exit.records)
@@ -162,14 +187,18 @@ def describe_exit(exit_code: int) -> str:
 
 def describe_call(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     """``module.qualname(args...)``, the arguments cut short."""
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
-    module = getattr(fn, "__module__", None)
     parts = [_safe_repr(value) for value in args]
     parts.extend(f"{key}={_safe_repr(value)}" for key, value in kwargs.items())
     shown = ", ".join(parts)
     if len(shown) > MAX_ARGS_CHARS:
         shown = shown[: MAX_ARGS_CHARS - 3] + "..."
-    return f"{module}.{name}({shown})" if module else f"{name}({shown})"
+    return f"{_name_of(fn)}({shown})"
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module else str(name)
 
 
 def record_lines(records: Sequence[logging.LogRecord]) -> list[str]:

@@ -123,3 +123,15 @@ def log_then_exit(n: int, code: int) -> int:
     for counter in range(n):
         log.warning("exiting record %d", counter)
     os._exit(code)
+
+
+def log_then_die_on_item(item: int, doomed: int) -> int:
+    """A map's item: log one record; the doomed item's worker dies by SIGKILL."""
+    log.warning("item %d", item)
+    if item == doomed:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item
+
+
+def fail_to_initialize() -> None:
+    raise ValueError("an initializer that fails")

@@ -14,13 +14,17 @@ class Alarm(Exception):
     """Raised by the tasks' SIGALRM handler, as a `signal.alarm` timeout would."""
 
 
-# While set, the handler does not raise: a task's loop sets it in its except clause, so that
-# its own jump back into the try is not where the timer lands (that would end the task).
+# While set, the handlers do not raise. A handler sets it as it raises, and the task's loop
+# clears it only back inside its try: a second signal landing in the except clause (before
+# any statement of it has run) would otherwise escape the task, leaving the repeating timer
+# armed to kill the worker between tasks, or handing the parent a KeyboardInterrupt as the
+# task's result (which stops a pytest session). Both happened, in 1 run of a few hundred.
 _quiet = [False]
 
 
 def _raise_alarm(signum: int, frame: FrameType | None) -> None:
     if not _quiet[0]:
+        _quiet[0] = True
         raise Alarm("the timer fired")
 
 
@@ -30,6 +34,7 @@ def log_then_alarm_in_barrier(count: int, delay: float) -> int:
     logger = logging.getLogger(LOGGER)
     for number in range(count):
         logger.warning("early %d", number)
+    _quiet[0] = False
     signal.signal(signal.SIGALRM, _raise_alarm)
     signal.setitimer(signal.ITIMER_REAL, delay)
     return count
@@ -51,6 +56,7 @@ def payload(number: int, size: int) -> str:
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     if not _quiet[0]:
+        _quiet[0] = True
         raise KeyboardInterrupt
 
 
@@ -84,11 +90,10 @@ def log_under_signals(tag: str, count: int, size: int, interval: float, source: 
                 signal.setitimer(signal.ITIMER_REAL, 0)
             break
         except (Alarm, KeyboardInterrupt):
-            _quiet[0] = True
-    if source != "timer":
-        # The parent stops sending when the task returns; one may still be on its way.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _quiet[0] = False
+            pass  # the handler went quiet as it raised; the try above re-arms it
+    # A signal may still be on its way (the parent stops sending once the task returns; a
+    # timer's last may be pending): ignored from here on, in this task and between tasks.
+    signal.signal(signal.SIGALRM if source == "timer" else signal.SIGINT, signal.SIG_IGN)
     return returned
 
 

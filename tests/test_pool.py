@@ -6,6 +6,8 @@ import logging
 import multiprocessing
 import multiprocessing.pool
 import os
+import re
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -155,6 +157,146 @@ def test_a_worker_killed_by_sigkill_loses_no_record_it_logged(
     assert [m for m in handler.messages() if m.startswith("doomed")] == [
         f"doomed record {n}" for n in range(100)
     ]
+
+
+def _reports(handler: ListHandler, count: int = 1) -> list[str]:
+    """The ERROR reports on the "logexec" logger, once ``count`` have come (or TIMEOUT passed)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        reports = [
+            r.getMessage() for r in handler.records if r.name == "logexec" and r.levelno == logging.ERROR
+        ]
+        if len(reports) >= count:
+            return reports
+        time.sleep(0.05)
+    return reports
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "exit", "SIGTERM from elsewhere"])
+def test_a_worker_that_dies_is_reported_by_name(
+    make_pool: Callable[..., logexec.Pool], collect: Callable[..., ListHandler], how: str, tmp_path: Path
+) -> None:
+    """The stdlib's Pool says nothing when a worker dies; ours names it on the "logexec"
+    logger: its pid, how it ended, the task it ran and its last records."""
+    reports = collect("logexec")
+    collect("tests.pool")  # at DEBUG: the doomed task's INFO records are made
+    pool = make_pool(1)
+    [pid] = [process.pid for process in pool._pool]  # type: ignore[attr-defined]
+    if how == "SIGKILL":
+        doomed = pool.apply_async(pool_tasks.log_then_kill_self, (20,))
+        ending, last = "was killed by signal SIGKILL (9)", "INFO tests.pool: doomed record 19"
+        running = "running: tests.pool_tasks.log_then_kill_self(20)"
+    elif how == "exit":
+        doomed = pool.apply_async(pool_tasks.log_then_exit, (20,), {"code": 3})
+        ending, last = "exited with code 3", "WARNING tests.pool: exiting record 19"
+        running = "running: tests.pool_tasks.log_then_exit(20, code=3)"
+    else:
+        marker = tmp_path / "logging"
+        doomed = pool.apply_async(pool_tasks.log_forever, (str(marker),))
+        deadline = time.monotonic() + TIMEOUT
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGTERM)
+        ending, last = "was killed by signal SIGTERM (15)", "INFO tests.pool: endless record "
+        running = "running: tests.pool_tasks.log_forever("
+    with pytest.raises(multiprocessing.TimeoutError):
+        doomed.get(timeout=1)
+    [report] = _reports(reports)
+    assert pool.apply(pool_tasks.log_and_return, (1,)) == 1  # replaced, as by the stdlib
+    pool.terminate()
+    pool.join()
+    assert len(_reports(reports)) == 1, _reports(reports)
+    assert report.startswith(f"logexec: worker {pid} {ending}\n"), report
+    assert f"\n  {running}" in report, report
+    assert "its last 10 records (oldest first):" in report, report
+    assert report.count("\n    ") == 10 and last in report, report
+    assert report.endswith("the pool started a replacement worker"), report
+
+
+def test_a_map_whose_worker_dies_is_named(
+    make_pool: Callable[..., logexec.Pool], collect: Callable[..., ListHandler]
+) -> None:
+    reports = collect("logexec")
+    pool = make_pool(2)
+    doomed = pool.starmap_async(
+        pool_tasks.log_then_die_on_item, [(item, 5) for item in range(8)], chunksize=1
+    )
+    [report] = _reports(reports)
+    with pytest.raises(multiprocessing.TimeoutError):
+        doomed.get(timeout=0.5)
+    assert "was killed by signal SIGKILL (9)" in report, report
+    assert (
+        "running: Pool.starmap of tests.pool_tasks.log_then_die_on_item over 8 items: [(0, 5), (1, 5)"
+        in report
+    )
+
+
+def test_a_worker_whose_task_had_not_logged_names_no_task(
+    make_pool: Callable[..., logexec.Pool], collect: Callable[..., ListHandler]
+) -> None:
+    """Its last record came from a task that is done: that one is not named as running.
+
+    (A worker killed while idle is not tested: it dies holding the stdlib pool's task-queue
+    lock, and the stdlib's pool, as ours, then hangs in every later task and in terminate().)
+    """
+    reports = collect("logexec")
+    collect("tests.pool")
+    pool = make_pool(1)
+    pid = pool.apply(pool_tasks.pid_after_logging, (7,))
+    doomed = pool.apply_async(pool_tasks.log_then_exit, (0, 5))
+    [report] = _reports(reports)
+    with pytest.raises(multiprocessing.TimeoutError):
+        doomed.get(timeout=0.5)
+    assert report.startswith(f"logexec: worker {pid} exited with code 5\n"), report
+    assert "running: no task that had logged (it was idle, or its task had not logged yet)" in report, report
+    assert f"INFO tests.pool: value 7 in {pid}" in report, report
+    assert pool.apply(pool_tasks.log_and_return, (2,)) == 2
+
+
+@pytest.mark.timeout(240)
+def test_workers_that_end_as_the_pool_ends_them_are_not_reported(
+    make_pool: Callable[..., logexec.Pool], collect: Callable[..., ListHandler]
+) -> None:
+    """close()+join(), maxtasksperchild, terminate() of busy workers and ``with`` report
+    nothing, a few times over: reading an exit code outside the pool's own join once made
+    forkserver workers look as if they "exited with code 255"."""
+    reports = collect("logexec")
+    collect("tests.pool")
+    for _ in range(3):
+        pool = make_pool(2, maxtasksperchild=2)
+        assert pool.map(pool_tasks.log_and_return, range(10)) == list(range(10))
+        pool.close()
+        pool.join()
+        pool = make_pool(2)
+        for _ in range(2):
+            pool.apply_async(pool_tasks.slow_records, (1000, "busy", 0.01))
+        time.sleep(0.3)
+        pool.terminate()
+        pool.join()
+        with make_pool(2) as pool:
+            assert pool.apply(pool_tasks.log_and_return, (3,)) == 3
+    assert [record.getMessage() for record in reports.records if record.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.timeout(180)
+def test_deaths_past_the_first_ten_are_counted_not_dropped(
+    make_pool: Callable[..., logexec.Pool], collect: Callable[..., ListHandler]
+) -> None:
+    """A failing initializer makes the stdlib's Pool replace workers for ever, each dying at once."""
+    reports = collect("logexec")
+    pool = make_pool(2, initializer=pool_tasks.fail_to_initialize)
+    assert len(_reports(reports, 10)) == 10
+    time.sleep(1.0)  # more die meanwhile
+    pool.terminate()
+    pool.join()
+    found = _reports(reports, 11)
+    assert all("exited with code 1" in report for report in found[:10]), found[:10]
+    # terminate() then join(): a worker the pool joins only in join() is counted there.
+    summaries = found[10:]
+    assert summaries and all(
+        re.fullmatch(r"logexec\.Pool: \d+ more workers died abruptly after the first 10 reported above", line)
+        for line in summaries
+    ), summaries
 
 
 def test_terminate_then_join_handles_every_record_logged(

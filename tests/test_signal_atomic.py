@@ -94,7 +94,10 @@ def test_a_handler_that_raises_never_splits_a_frame(
                 if handler.messages:  # the task's handler is in place once it logs
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGINT)
-        returned = future.result(timeout=RESULT_TIMEOUT)
+        try:
+            returned = future.result(timeout=RESULT_TIMEOUT)
+        except KeyboardInterrupt as error:  # the task's, not ours: re-raised, it would stop the session
+            pytest.fail(f"the task let a KeyboardInterrupt escape: {error!r}")
         later = executor.submit(tasks.log_numbered, "later", 10).result(timeout=RESULT_TIMEOUT)
     assert later == 10
     err = capfd.readouterr().err

@@ -54,7 +54,9 @@ from .._channel import (
     report,
     run_task,
 )
+from .._crash import MapCall, Task
 from .._dispatch import Dispatcher, check_handlers
+from ._deaths import Deaths, reporting_process
 
 
 class _Task:
@@ -174,14 +176,16 @@ def _ended(process: multiprocessing.process.BaseProcess) -> bool:
 
 
 class PoolContext:
-    """The real context, except that ``Process`` also records each worker (see ``Workers``)."""
+    """The real context, except that ``Process`` records each worker (see ``Workers``) and
+    reports it if it dies abruptly (see ``_deaths``)."""
 
-    def __init__(self, real: Any, workers: Workers) -> None:
+    def __init__(self, real: Any, workers: Workers, deaths: Deaths) -> None:
         self._logexec_real = real
         self._logexec_workers = workers
+        self._logexec_deaths = deaths
 
     def Process(self, *args: Any, **kwargs: Any) -> Any:  # the stdlib's name
-        process = self._logexec_real.Process(*args, **kwargs)
+        process = reporting_process(self._logexec_real.Process, self._logexec_deaths, *args, **kwargs)
         self._logexec_workers.add(process)
         return process
 
@@ -234,7 +238,10 @@ class Pool(multiprocessing.pool.Pool):
         self._logexec_addresses = tuple(self._logexec_variables)
         self._logexec_dispatcher = Dispatcher(check_handlers(handlers))
         self._logexec_workers = Workers()
-        self._logexec_channel = LogChannel(self._logexec_dispatcher)
+        # The tasks not yet done, by task id: a dead worker's report names the one it ran.
+        self._logexec_pending: dict[int, Task | MapCall] = {}
+        self._logexec_deaths = Deaths(self._logexec_pending)
+        self._logexec_channel = LogChannel(self._logexec_dispatcher, self._logexec_deaths.heard)
         self._logexec_lock = threading.Lock()
         self._logexec_task_ids = itertools.count()
         # For the chunk size of map and starmap, as the stdlib computes it.
@@ -248,7 +255,9 @@ class Pool(multiprocessing.pool.Pool):
         # Made before the stdlib's finalizer, so that (CPython calls the callbacks of an
         # object's weak references newest first) it runs after that one has terminated
         # the workers of a pool dropped while running; it waits for them in any case.
-        finalizer = weakref.finalize(self, _stop_when_ended, channel, self._logexec_workers)
+        finalizer = weakref.finalize(
+            self, _stop_when_ended, channel, self._logexec_workers, self._logexec_deaths
+        )
         # At interpreter exit the exit hook below terminates and drains instead (no thread
         # can start by then).
         finalizer.atexit = False
@@ -259,7 +268,7 @@ class Pool(multiprocessing.pool.Pool):
                 initialize,
                 (config, initializer, tuple(initargs)),
                 maxtasksperchild,
-                PoolContext(real, self._logexec_workers),
+                PoolContext(real, self._logexec_workers, self._logexec_deaths),
             )
             # Under fork the first workers were forked just now, before any thread of ours.
             channel.start()
@@ -270,6 +279,9 @@ class Pool(multiprocessing.pool.Pool):
 
     def __del__(self) -> None:
         if self._logexec_entered:
+            # Before the stdlib's finalizer (a weak reference's callback, run after __del__)
+            # terminates the workers of a pool dropped while running: their SIGTERM is ours.
+            self._logexec_deaths.terminating = True
             super().__del__()
 
     # -- submission: each func runs in the task bracket ---------------------------------
@@ -287,7 +299,7 @@ class Pool(multiprocessing.pool.Pool):
         callback: Callable[[Any], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
     ) -> Any:
-        task, forget = self._logexec_wrap(func)
+        task, forget = self._logexec_wrap(func, (func, tuple(args), dict(kwds)))
         return _forgotten_when_done(
             forget,
             callback,
@@ -348,7 +360,9 @@ class Pool(multiprocessing.pool.Pool):
         elif chunksize < 1:
             raise ValueError(f"chunksize must be a positive int or None, got {chunksize!r}")
         chunks = [items[start : start + chunksize] for start in range(0, len(items), chunksize or 1)]
-        task, forget = self._logexec_wrap(_Chunk(func, star))
+        task, forget = self._logexec_wrap(
+            _Chunk(func, star), MapCall("starmap" if star else "map", func, items)
+        )
         flat_callback = None if callback is None else _Flattened(callback)
         inner = _forgotten_when_done(
             forget,
@@ -359,22 +373,25 @@ class Pool(multiprocessing.pool.Pool):
         return FlatResult(inner)
 
     def imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = 1) -> Any:
-        task, forget = self._logexec_wrap(func)
-        iterator = super().imap(task, iterable, 1 if chunksize is None else chunksize)
-        _forget_when_dropped(iterator, forget)
-        return iterator
+        task, forget = self._logexec_wrap(func, MapCall("imap", func, None))
+        return _forget_when_dropped(
+            lambda: super(Pool, self).imap(task, iterable, 1 if chunksize is None else chunksize), forget
+        )
 
     def imap_unordered(
         self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int | None = 1
     ) -> Any:
-        task, forget = self._logexec_wrap(func)
-        iterator = super().imap_unordered(task, iterable, 1 if chunksize is None else chunksize)
-        _forget_when_dropped(iterator, forget)
-        return iterator
+        task, forget = self._logexec_wrap(func, MapCall("imap_unordered", func, None))
+        return _forget_when_dropped(
+            lambda: super(Pool, self).imap_unordered(task, iterable, 1 if chunksize is None else chunksize),
+            forget,
+        )
 
     # -- the end: the channel stops once the workers are gone ---------------------------
 
     def terminate(self) -> None:
+        # The stdlib's terminate stops the workers with SIGTERM: not deaths to report.
+        self._logexec_deaths.terminating = True
         super().terminate()
         # The stdlib's terminate joins every worker it had: read what they wrote, then stop.
         self._logexec_stop()
@@ -387,8 +404,12 @@ class Pool(multiprocessing.pool.Pool):
         _live_pools.discard(self)
         self._logexec_workers.wait_all_ended()
         self._logexec_channel.stop()
+        # Every worker was joined and every connection read: what is left is reported.
+        self._logexec_deaths.finish()
 
-    def _logexec_wrap(self, func: Callable[..., Any]) -> tuple[_Task | Callable[..., Any], _Forget | None]:
+    def _logexec_wrap(
+        self, func: Callable[..., Any], call: Task | MapCall
+    ) -> tuple[_Task | Callable[..., Any], _Forget | None]:
         if isinstance(func, _Task):
             return func, None  # already wrapped (a stdlib method calling another)
         if not callable(func):
@@ -405,25 +426,32 @@ class Pool(multiprocessing.pool.Pool):
             levels = self._logexec_levels.update()
             task_id = next(self._logexec_task_ids)
         context = contextvars.copy_context()
-        forget: _Forget | None = None
         # An empty context is what the listener thread has anyway: skip the bookkeeping.
+        dispatcher = None
         if len(context) > 0:
-            self._logexec_dispatcher.register(task_id, context)
-            forget = _Forget(self._logexec_dispatcher, task_id)
+            dispatcher = self._logexec_dispatcher
+            dispatcher.register(task_id, context)
+        self._logexec_pending[task_id] = call
+        forget = _Forget(self._logexec_pending, dispatcher, task_id)
         return _Task(task_id, self._logexec_addresses, captured, levels, func), forget
 
 
 class _Forget:
-    """Drops a task's context from the dispatcher (once its result is delivered)."""
+    """Drops a done task: from the pending tasks, and its context from the dispatcher."""
 
-    __slots__ = ("_dispatcher", "_task_id")
+    __slots__ = ("_dispatcher", "_pending", "_task_id")
 
-    def __init__(self, dispatcher: Dispatcher, task_id: int) -> None:
+    def __init__(
+        self, pending: dict[int, Task | MapCall], dispatcher: Dispatcher | None, task_id: int
+    ) -> None:
+        self._pending = pending
         self._dispatcher = dispatcher
         self._task_id = task_id
 
     def __call__(self, *_: object) -> None:
-        self._dispatcher.forget(self._task_id)
+        self._pending.pop(self._task_id, None)
+        if self._dispatcher is not None:
+            self._dispatcher.forget(self._task_id)
 
 
 def _forgotten_when_done(
@@ -452,10 +480,17 @@ def _forgotten_when_done(
         raise
 
 
-def _forget_when_dropped(iterator: object, forget: _Forget | None) -> None:
-    # An imap iterator has no callback: its context goes when the iterator does.
+def _forget_when_dropped(submit: Callable[[], Any], forget: _Forget | None) -> Any:
+    # An imap iterator has no callback: its task is forgotten when the iterator goes.
+    try:
+        iterator = submit()
+    except BaseException:
+        if forget is not None:
+            forget()
+        raise
     if forget is not None:
         weakref.finalize(iterator, forget).atexit = False
+    return iterator
 
 
 def real_context(context: Any) -> BaseContext:
@@ -472,16 +507,17 @@ def real_context(context: Any) -> BaseContext:
     return context  # type: ignore[no-any-return]
 
 
-def _stop_when_ended(channel: LogChannel, workers: Workers) -> None:
+def _stop_when_ended(channel: LogChannel, workers: Workers, deaths: Deaths) -> None:
     # Runs where the pool was collected, perhaps on one of its own threads: wait elsewhere.
     threading.Thread(
-        target=_stop_after, args=(channel, workers), name="logexec-pool-lifecycle", daemon=True
+        target=_stop_after, args=(channel, workers, deaths), name="logexec-pool-lifecycle", daemon=True
     ).start()
 
 
-def _stop_after(channel: LogChannel, workers: Workers) -> None:
+def _stop_after(channel: LogChannel, workers: Workers, deaths: Deaths) -> None:
     workers.wait_all_ended()
     channel.stop()
+    deaths.finish()
 
 
 # Pools not yet joined or terminated, for the exit hook below.
