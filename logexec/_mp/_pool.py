@@ -210,7 +210,9 @@ class Pool(multiprocessing.pool.Pool):
     item's call) has been handled, in the submitter's ``contextvars`` context. Workers
     replaced after ``maxtasksperchild`` tasks lose nothing. A worker killed by a signal
     loses no record whose log call had returned; as in the stdlib, the pool replaces it
-    and the task it was running never completes (use ``get(timeout=...)``). After
+    and the task it was running never completes (use ``get(timeout=...)``); the death is
+    logged on the "logexec" logger at ERROR, naming the worker, how it ended, its task and
+    its last records (docs/failures.md). After
     ``terminate()`` or ``close()`` and ``join()``, every record any worker logged has been
     handled.
     """
