@@ -80,6 +80,16 @@ def levels_of(names: list[str]) -> list[int]:
     return [logging.getLogger(name).level for name in names]
 
 
+def disabled_level() -> int:
+    """The level this interpreter's logging.disable is at."""
+    return logging.root.manager.disable
+
+
+def set_level(name: str, level: int) -> None:
+    """Set a level in this interpreter only, as a library it imports might."""
+    logging.getLogger(name).setLevel(level)
+
+
 def sleep_then_log() -> str:
     """Runs while the late thread of log_from_late_thread logs (it sleeps 0.3 s first)."""
     time.sleep(0.6)

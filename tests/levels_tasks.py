@@ -15,6 +15,11 @@ def levels_of(names: list[str]) -> dict[str, tuple[int, int]]:
     return seen
 
 
+def set_level(name: str, level: int) -> None:
+    """Set a level in this worker only, as a library it imports might."""
+    logging.getLogger(name).setLevel(level)
+
+
 def levels_in_a_nested_pool(name: str) -> tuple[int, int]:
     """In a worker: make a fork pool of its own, set ``name``'s level, and read it there.
 

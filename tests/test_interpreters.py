@@ -183,6 +183,48 @@ def test_level_changes_travel_as_changes_from_the_base_and_back() -> None:
 
 
 @needs_314
+def test_logging_disable_reaches_the_interpreters_and_is_lifted() -> None:
+    """logging.disable in main, before and after the interpreter starts, and its lifting."""
+    logging.disable(logging.INFO)
+    try:
+        with _executor(max_workers=1) as executor:
+            started = executor.submit(interp_tasks.disabled_level).result(timeout=60)
+            logging.disable(logging.ERROR)
+            raised = executor.submit(interp_tasks.disabled_level).result(timeout=60)
+            logging.disable(logging.NOTSET)
+            lifted = executor.submit(interp_tasks.disabled_level).result(timeout=60)
+    finally:
+        logging.disable(logging.NOTSET)
+    assert (started, raised, lifted) == (logging.INFO, logging.ERROR, logging.NOTSET)
+
+
+@needs_314
+def test_a_level_an_interpreter_set_itself_outlasts_an_unrelated_change() -> None:
+    """A level set in the interpreter stays until main changes that logger, as in a process.
+
+    An update names only the loggers that differ from the base; one it does not name keeps
+    the level it has, however it got it (the process pool's workers do the same:
+    tests/test_levels.py). Before the interpreters shared the channel's update, each
+    update re-set every configured logger, so a level of the interpreter's own lasted
+    only until some other logger changed in main.
+    """
+    own, other = "tests.interp.own", "tests.interp.other"
+    logging.getLogger(own).setLevel(logging.WARNING)  # in the base
+    try:
+        with _executor(max_workers=1) as executor:
+            executor.submit(interp_tasks.set_level, own, logging.DEBUG).result(timeout=60)
+            logging.getLogger(other).setLevel(logging.ERROR)
+            seen = executor.submit(interp_tasks.levels_of, [own, other]).result(timeout=60)
+            logging.getLogger(own).setLevel(logging.INFO)  # now main names it: main decides
+            again = executor.submit(interp_tasks.levels_of, [own, other]).result(timeout=60)
+    finally:
+        logging.getLogger(own).setLevel(logging.NOTSET)
+        logging.getLogger(other).setLevel(logging.NOTSET)
+    assert seen == [logging.DEBUG, logging.ERROR]
+    assert again == [logging.INFO, logging.ERROR]
+
+
+@needs_314
 def test_caplog_sees_the_records(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     with _executor(max_workers=2) as executor:

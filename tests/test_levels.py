@@ -112,6 +112,22 @@ def test_caplog_set_level_reaches_the_workers(
         )
 
 
+@pytest.mark.parametrize("start_method", ["spawn"], indirect=True)
+def test_a_level_a_worker_set_itself_outlasts_an_unrelated_change(make_executor: Callable[..., Any]) -> None:
+    """A worker's own level stays until the parent changes that logger (the interpreter
+    front shares this rule: tests/test_interpreters.py)."""
+    own, other = "tests.levels.own", "tests.levels.other"
+    logging.getLogger(own).setLevel(logging.WARNING)  # in the base
+    with make_executor(1) as executor:
+        executor.submit(tasks.set_level, own, logging.DEBUG).result(timeout=RESULT_TIMEOUT)
+        logging.getLogger(other).setLevel(logging.ERROR)
+        seen = executor.submit(tasks.levels_of, [own, other]).result(timeout=RESULT_TIMEOUT)
+        logging.getLogger(own).setLevel(logging.INFO)  # now the parent names it: it decides
+        again = executor.submit(tasks.levels_of, [own, other]).result(timeout=RESULT_TIMEOUT)
+    assert (seen[own][0], seen[other][0]) == (logging.DEBUG, logging.ERROR)
+    assert (again[own][0], again[other][0]) == (logging.INFO, logging.ERROR)
+
+
 @pytest.mark.parametrize("start_method", ["fork"], indirect=True)
 def test_a_pool_forked_inside_a_worker_follows_its_own_levels(make_executor: Callable[..., Any]) -> None:
     """A worker's own fork pool: its workers apply its level changes, not skip them as seen.

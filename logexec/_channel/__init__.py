@@ -51,8 +51,11 @@ The seam, name by name:
    config, ``update()`` per task, under the submit lock). It names only the loggers that
    differ from the base, so a task's size does not grow with the configured loggers, and
    it is complete by itself, whichever updates a worker missed (the joblib front sends one,
-   version 0 while unchanged, with every batch). A front that ships the whole table
-   instead uses ``apply_levels(levels)`` itself. Parent side:
+   version 0 while unchanged, with every batch). A worker applies them with
+   ``WorkerLevels(base, start)`` (made at its set-up: the start levels applied, None to
+   keep those it has) and its ``apply(update)`` per task: any version but the one applied
+   last; ``run_task`` does it, and a front with a transport of its own does the same
+   (the interpreter front). Parent side:
    ``Dispatcher.register(task_id, context)`` before the task is submitted, and
    ``ForgetWhenDone(dispatcher, task_id)`` on its future (``logexec._dispatch``), so that its
    records are handled in the submitter's ``contextvars`` context. ``register`` is also where
@@ -72,8 +75,9 @@ parent's logging, never raising.
 
 A front with a transport of its own (Dask ships records in its event topics; 3.14's
 interpreters would use a queue) keeps everything above the transport: the record codec
-(``logexec._records``), ``Dispatcher`` and the task bracket's rule (a result only once its
-records are handled, by count or by barrier).
+(``logexec._records``), ``Dispatcher``, the levels (``LevelTracker`` in the parent,
+``WorkerLevels`` in the worker) and the task bracket's rule (a result only once its records
+are handled, by count or by barrier).
 
 Inside (not for fronts): ``_listener`` (the thread, assembled from ``_guard``, ``_accept``,
 ``_read``), ``_framing`` (the wire format), ``_transports`` (which transport: ``_ring``,
@@ -83,7 +87,7 @@ Inside (not for fronts): ``_listener`` (the thread, assembled from ``_guard``, `
 
 from ._guard import OnWorkerExit, WorkerExit, report
 from ._parent import LevelTracker, LogChannel
-from ._setup import apply_levels, initialize, run_task
+from ._setup import WorkerLevels, initialize, run_task
 from ._worker import Levels, LevelsUpdate, WorkerConfig, current_levels, level_changes
 
 __all__ = [
@@ -94,7 +98,7 @@ __all__ = [
     "OnWorkerExit",
     "WorkerConfig",
     "WorkerExit",
-    "apply_levels",
+    "WorkerLevels",
     "current_levels",
     "initialize",
     "level_changes",

@@ -2,9 +2,10 @@
 
 ``initialize`` is the pool's initializer (logexec's, before the user's): it connects the
 worker's end of the channel (``_worker.Channel``), clears every handler and filter the worker
-inherited, puts the one ``WorkerHandler`` on root and mirrors the parent's levels.
-``run_task`` brackets each task: it applies newer levels, runs the task under its task id,
-and returns only once the parent has handled every record the task logged (the barrier).
+inherited, puts the one ``WorkerHandler`` on root and mirrors the parent's levels
+(``WorkerLevels``, which the interpreter front uses too). ``run_task`` brackets each task:
+it applies newer levels, runs the task under its task id, and returns only once the parent
+has handled every record the task logged (the barrier).
 
 A record carries the task id only if it was logged in the task's context: by the task's
 thread, an asyncio task it runs, or a thread it starts in its context (``asyncio.to_thread``,
@@ -130,17 +131,59 @@ def _task_of_caller(channel: Channel) -> int | None:
     return task_id if task_id == channel.task_id else None
 
 
-# The channel of this worker process, set by initialize().
+# The channel of this worker process and its levels, set by initialize(). A worker forked
+# by a worker (a pool made in a task) gets levels of its own there: those it inherits
+# belong to the other pool, whose versions would hide this pool's first updates.
 _channel: Channel | None = None
-# The version of the parent's levels this worker applied last (see LevelsUpdate; -1: none,
-# and the levels it started with are not the base), and the loggers whose level
-# apply_levels set, so that a level the parent unsets is unset here too.
-_levels_version = 0
-_levels_set: set[str] = set()
-# The base levels (WorkerConfig.levels) that every LevelsUpdate is relative to, and the
-# loggers the last update applied changed: one it no longer names goes back to its base.
-_base_levels: dict[str, int] = {}
-_levels_changed: set[str] = set()
+_levels: WorkerLevels | None = None
+
+
+class WorkerLevels:
+    """A worker's mirror of the parent's levels: where it started, and each update after.
+
+    The one place a worker applies levels, for every front (the interpreter front too).
+    ``base`` is what every ``LevelsUpdate`` is relative to (``WorkerConfig.levels``; None:
+    the start levels serve). ``start``, the parent's levels when the worker started, are
+    applied at once; None keeps the levels the worker has (under fork, inherited).
+    ``apply(update)`` applies any version other than the one applied last, older ones too:
+    an update is complete against the base, and a task runs at the levels in force when it
+    was submitted (the joblib front's concurrent calls may each carry their own).
+    """
+
+    __slots__ = ("_base", "_changed", "version")
+
+    def __init__(self, base: Levels | None, start: Levels | None) -> None:
+        if start is None:
+            start = current_levels()
+        else:
+            for name, level in start[0].items():
+                logging.getLogger(name or None).setLevel(level)
+            logging.disable(start[1])
+        if base is None:
+            base = start
+        self._base = dict(base[0])
+        # The loggers the last update left off the base: one the next update no longer
+        # names goes back to its base. The levels now may differ from the base (changed
+        # since the pool was made): those loggers are the ones the first update must put
+        # right, whatever it names.
+        self._changed = set(level_changes(base, start))
+        # The version applied last. If the start differs from the base at all, whichever
+        # version comes first, version 0 ("the base") included, is applied.
+        self.version = 0 if start == base else -1
+
+    def apply(self, update: LevelsUpdate | None) -> None:
+        """Bring the levels to the parent's as of ``update`` (None: the base, unchanged)."""
+        if update is None or update[0] == self.version:
+            return
+        self.version, changes, disabled = update
+        # Only the loggers this update or the last one names: the rest are at their base,
+        # and setting a level clears every logger's cache, so each costs the whole table.
+        for name in self._changed.difference(changes):
+            logging.getLogger(name or None).setLevel(self._base.get(name, logging.NOTSET))
+        for name, level in changes.items():
+            logging.getLogger(name or None).setLevel(level)
+        self._changed = set(changes)
+        logging.disable(disabled)
 
 
 def initialize(
@@ -149,33 +192,15 @@ def initialize(
     user_initargs: tuple[Any, ...],
 ) -> None:
     """Worker initializer: connect, reset logging, then run the user's initializer."""
-    global _channel, _levels_version
+    global _channel, _levels
     channel = Channel(config)
     channel.connect()
     # Under fork this thread's context came from the thread that forked, which may be a
     # task of another pool's worker: that task id is not one of ours.
     _TASK.set(None)
     _reset_logging()
-    # A worker forked by a worker (a pool made in a task) inherits its level bookkeeping,
-    # which belongs to the other pool: its versions would hide this pool's first updates.
-    _levels_set.clear()
-    _levels_changed.clear()
-    _base_levels.clear()
-    if config.pickled and config.start_levels is not None:
-        start = config.start_levels
-        apply_levels(start)
-    else:
-        # Under fork the levels came with the process; remember which were set, so that
-        # an update that unsets one unsets it here too.
-        start = current_levels()
-        _levels_set.update(start[0])
-    base = start if config.levels is None else config.levels
-    _base_levels.update(base[0])
-    # The levels now may differ from the base (changed since the pool was made): those
-    # loggers are the ones the first update must put right, whatever it names. And if they
-    # differ at all, whichever version comes first, version 0 included, is applied.
-    _levels_changed.update(level_changes(base, start))
-    _levels_version = 0 if start == base else -1
+    # Under fork nothing was pickled: the levels came with the process.
+    _levels = WorkerLevels(config.levels, config.start_levels if config.pickled else None)
     logging.getLogger().addHandler(WorkerHandler(channel))
     _channel = channel
     if user_initializer is not None:
@@ -193,18 +218,13 @@ def run_task(
     **kwargs: Any,
 ) -> Any:
     """Run one task; return only after the parent has handled the task's records."""
-    global _levels_version
     channel = _channel
-    if channel is None:
+    if channel is None or _levels is None:
         raise RuntimeError(
             "logexec's task wrapper ran in a process that logexec's initializer did not set "
             "up; submit tasks through LoggingProcessPoolExecutor"
         )
-    # Any other version, older ones too: an update is complete by itself, and the joblib
-    # front's concurrent calls may each carry their own.
-    if levels is not None and levels[0] != _levels_version:
-        _levels_version = levels[0]
-        _apply_update(levels)
+    _levels.apply(levels)
     if logging.getLoggerClass() not in _PLAIN_CLASSES:
         # Unpickling this task's function imported a module that set a Logger class.
         _neutralize_logger_classes()
@@ -252,31 +272,6 @@ def _reset_logging() -> None:
         # it later, and nothing tells the worker. The parent's flags decide at dispatch.
         logger.disabled = False
     _neutralize_logger_classes()
-
-
-def apply_levels(levels: Levels) -> None:
-    """Mirror the parent's levels; a logger the parent no longer sets goes back to NOTSET."""
-    logger_levels, disabled = levels
-    for name in _levels_set - set(logger_levels):
-        logging.getLogger(name or None).setLevel(logging.NOTSET)
-    for name, level in logger_levels.items():
-        logging.getLogger(name or None).setLevel(level)
-    _levels_set.clear()
-    _levels_set.update(logger_levels)
-    logging.disable(disabled)
-
-
-def _apply_update(update: LevelsUpdate) -> None:
-    """Bring the levels to the parent's as of the update: the base, with its changes."""
-    _, changes, disabled = update
-    # Only the loggers this update or the last one names: the rest are at their base.
-    for name in _levels_changed.difference(changes):
-        logging.getLogger(name or None).setLevel(_base_levels.get(name, logging.NOTSET))
-    for name, level in changes.items():
-        logging.getLogger(name or None).setLevel(level)
-    _levels_changed.clear()
-    _levels_changed.update(changes)
-    logging.disable(disabled)
 
 
 # Logger classes whose handle/callHandlers are logging's own: the worker's records take the

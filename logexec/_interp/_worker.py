@@ -33,7 +33,7 @@ from concurrent.interpreters import Queue, QueueEmpty, QueueFull
 from typing import Any
 
 from .. import _context
-from .._channel import Levels, LevelsUpdate, apply_levels, current_levels
+from .._channel import Levels, LevelsUpdate, WorkerLevels, current_levels
 from .._records import encode_values, record_values
 
 # Control items on the records queue are tuples of ints (shareable without pickling); a
@@ -57,7 +57,8 @@ class Link:
     The main interpreter's levels are taken when the link is pickled, so an interpreter
     mirrors the levels in force at its creation. ``base``: the levels the executor fixed
     when it was made, which every ``LevelsUpdate`` is relative to (see ``_channel``'s
-    ``LevelsUpdate``: a task carries only the loggers that differ from them).
+    ``LevelsUpdate``: a task carries only the loggers that differ from them). Both go to
+    the channel's ``WorkerLevels``, as a process pool's worker's do.
     """
 
     def __init__(
@@ -76,7 +77,7 @@ class Link:
 class _State:
     """This interpreter's end: set up by ``initialize``, one per interpreter."""
 
-    def __init__(self, link: Link, answers: Queue) -> None:
+    def __init__(self, link: Link, answers: Queue, levels: WorkerLevels) -> None:
         self.records = link.records
         self.stopped = link.stopped
         self.answers = answers
@@ -90,8 +91,7 @@ class _State:
         # put while a barrier is sent is either before its marker or flushed by the next).
         self.dirty = False
         self.barriers = 0
-        self.base = link.base
-        self.levels_version = 0
+        self.levels = levels
         self.told_stderr = False
 
 
@@ -171,9 +171,7 @@ def initialize(
             "logexec: no answer queue was left for a new interpreter (more interpreters than "
             "the executor's max_workers?)"
         ) from error
-    state = _State(link, answers)
-    if link.levels is not None:
-        apply_levels(link.levels)
+    state = _State(link, answers, WorkerLevels(link.base, link.levels))
     logging.getLogger().addHandler(InterpreterHandler(state))
     _state = state
     _put(state, (HELLO, state.answers_id))
@@ -200,11 +198,7 @@ def run_task(
             "logexec's task wrapper ran in an interpreter that logexec's initializer did not "
             "set up; submit tasks through LoggingInterpreterPoolExecutor"
         )
-    if levels is not None and levels[0] != state.levels_version:
-        # Any version but the last applied, older ones too: each update is complete against
-        # the base, and a task runs at the levels in force when it was submitted.
-        state.levels_version = levels[0]
-        apply_levels(_with_changes(state.base, levels))
+    state.levels.apply(levels)
     state.task_id = task_id
     token = _TASK.set(task_id)
     try:
@@ -259,15 +253,3 @@ def _put(state: _State, item: object) -> bool:
                 return False
             time.sleep(delay)
             delay = min(delay * 2, LAST_DELAY)
-
-
-def _with_changes(base: Levels, update: LevelsUpdate) -> Levels:
-    """The main interpreter's levels as of ``update``: the base, with its changes."""
-    _, changes, disabled = update
-    levels = dict(base[0])
-    for name, level in changes.items():
-        if level == logging.NOTSET:
-            levels.pop(name, None)
-        else:
-            levels[name] = level
-    return (levels, disabled)
