@@ -135,3 +135,9 @@ def log_then_die_on_item(item: int, doomed: int) -> int:
 
 def fail_to_initialize() -> None:
     raise ValueError("an initializer that fails")
+
+
+def enabled_levels_after(pause: float) -> list[str]:
+    """``enabled_levels``, after ``pause`` seconds (the parent changes a level meanwhile)."""
+    time.sleep(pause)
+    return enabled_levels()

@@ -181,7 +181,8 @@ def test_a_worker_that_started_off_the_base_applies_even_version_0(mp_context: A
         with ProcessPoolExecutor(
             1, mp_context=mp_context, initializer=initialize, initargs=(config, None, ())
         ) as pool:
-            first = pool.submit(run_task, 0, (), None, None, tasks.levels_of, [name])
+            # Outside logexec's task bracket: the levels the worker started with.
+            first = pool.submit(tasks.levels_of, [name])
             # Only after the worker forked, as the executor does: never fork with a thread running.
             channel.start()
             started = first.result(timeout=RESULT_TIMEOUT)

@@ -338,6 +338,23 @@ def test_levels_follow_the_parent(
     assert handler.messages() == ["at WARNING", "at DEBUG", "at INFO", "at WARNING"]
 
 
+def test_a_worker_started_off_the_base_levels_returns_to_them(
+    make_pool: Callable[..., logexec.Pool], collect: Callable[..., ListHandler]
+) -> None:
+    """A replacement worker starts at the parent's levels of that moment; when the parent
+    is back at the pool's base levels, the next task's worker is there too (no update is
+    sent then: "no update" must mean "the base", not "as you are")."""
+    collect("tests.pool", level=logging.WARNING)
+    pool = make_pool(1, maxtasksperchild=1)
+    first = pool.apply_async(pool_tasks.enabled_levels_after, (0.5,))
+    # While the first worker runs its one task: its replacement starts at DEBUG.
+    logging.getLogger("tests.pool").setLevel(logging.DEBUG)
+    assert first.get(timeout=TIMEOUT) == ["WARNING"]
+    time.sleep(1.0)  # the pool replaces the worker meanwhile
+    logging.getLogger("tests.pool").setLevel(logging.WARNING)
+    assert pool.apply(pool_tasks.enabled_levels) == ["WARNING"]
+
+
 def test_fork_workers_do_not_write_to_the_parents_files(
     make_pool: Callable[..., logexec.Pool], tmp_path: Path
 ) -> None:

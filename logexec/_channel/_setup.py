@@ -150,7 +150,7 @@ class WorkerLevels:
     was submitted (the joblib front's concurrent calls may each carry their own).
     """
 
-    __slots__ = ("_base", "_changed", "version")
+    __slots__ = ("_base", "_base_disabled", "_changed", "version")
 
     def __init__(self, base: Levels | None, start: Levels | None) -> None:
         if start is None:
@@ -162,6 +162,7 @@ class WorkerLevels:
         if base is None:
             base = start
         self._base = dict(base[0])
+        self._base_disabled = base[1]
         # The loggers the last update left off the base: one the next update no longer
         # names goes back to its base. The levels now may differ from the base (changed
         # since the pool was made): those loggers are the ones the first update must put
@@ -172,8 +173,12 @@ class WorkerLevels:
         self.version = 0 if start == base else -1
 
     def apply(self, update: LevelsUpdate | None) -> None:
-        """Bring the levels to the parent's as of ``update`` (None: the base, unchanged)."""
-        if update is None or update[0] == self.version:
+        """Bring the levels to the parent's as of ``update`` (None: the base's)."""
+        if update is None:
+            # The parent is at the base: a worker that started elsewhere (a replacement
+            # started while the parent's levels were changed for a while) goes back to it.
+            update = (0, {}, self._base_disabled)
+        if update[0] == self.version:
             return
         self.version, changes, disabled = update
         # Only the loggers this update or the last one names: the rest are at their base,
