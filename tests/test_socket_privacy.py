@@ -323,10 +323,6 @@ def test_workers_start_through_a_narrow_door(
 ) -> None:
     """With room for one handshake at a time, every worker of a pool still gets in (the
     others wait in the backlog and are accepted as handshakes end), under each start method."""
-    if transport == "portable":
-        # Hung or failed intermittently here (spawn: the accept thread in accept(), a worker
-        # never joined; fork once): not understood yet; kept out of CI until it is.
-        pytest.skip("portable with room for one handshake: an intermittent failure under study")
     monkeypatch.setattr(_accept, "MAX_HANDSHAKES", 1)
     monkeypatch.setattr(_portable, "MAX_HANDSHAKES", 1)
     handler = collect()
