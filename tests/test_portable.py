@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
@@ -84,6 +85,44 @@ def test_the_selector_reports_bytes_already_received_as_ready() -> None:
     selector.close()
     reader.close()
     writer.close()
+
+
+# --- the server's readiness ----------------------------------------------------------------
+
+
+def test_the_server_stays_readable_while_an_authenticated_connection_waits() -> None:
+    """Two connections past the stdlib's handshake: once accept() has handed over the first,
+    the server still reads as ready for the second, as a listening socket does while its
+    backlog holds one. The listener may stop after one (room for no more handshakes) and
+    looks again only when the selector says so: a second left unseen hung its worker, and the
+    pool's shutdown with it."""
+    directory, address = _portable.new_address(_socket._new_address)
+    key = os.urandom(32)
+    server = _portable.Server(address, key, _guard.report)
+    clients: list[mp_connection.Connection] = []
+    try:
+        server.start()
+        clients = [mp_connection.Client(server.address, authkey=key) for _ in range(2)]
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        while len(server._ready) < 2:  # both queued, as behind a listener busy elsewhere
+            assert time.monotonic() < deadline, "the handshakes did not end"
+            time.sleep(0.01)
+        assert mp_connection.wait([server], RESULT_TIMEOUT) == [server]
+        first, _ = server.accept()
+        # Long enough for a notification still on its way; the second is queued already.
+        assert mp_connection.wait([server], 5) == [server], "the second connection went unseen"
+        second, _ = server.accept()
+        with pytest.raises(BlockingIOError):
+            server.accept()
+        for number, client in enumerate(clients):
+            client.send_bytes(b"%d" % number)
+        assert {first.recv(8), second.recv(8)} == {b"0", b"1"}
+    finally:
+        for client in clients:
+            client.close()
+        server.close()
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- the handshake never stalls the listener -----------------------------------------------

@@ -314,7 +314,18 @@ class Server:
         with self._lock:
             if not self._ready:
                 raise BlockingIOError("no authenticated connection waiting")
-            return self._ready.pop(0), None
+            stream = self._ready.pop(0)
+            more = bool(self._ready)
+        if more:
+            # Readable while any connection waits, as a listening socket is while its backlog
+            # holds one. The drain above took the others' notifications, and the listener may
+            # stop after this one (held at _accept.MAX_HANDSHAKES) and look again only when
+            # the selector says so: without this, they would wait unseen for ever, and their
+            # workers with them. Only the listener thread drains, so the look is no race.
+            with contextlib.suppress(OSError):
+                if not self._notify_reader.poll():
+                    self._notify_writer.send(b"\0")
+        return stream, None
 
     def _accept_loop(self) -> None:
         while not self._closing:
