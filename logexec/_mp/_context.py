@@ -145,7 +145,21 @@ def _process_class(method: str) -> type:
     return cls
 
 
-_PROCESS_CLASSES = {method: _process_class(method) for method in multiprocessing.get_all_start_methods()}
+def _available_methods() -> list[str]:
+    # get_all_start_methods() may name a method that get_context() then refuses: 3.14 lists
+    # forkserver where file descriptors cannot be passed between processes (Windows's kind
+    # of interpreter). Offered here are the ones that work.
+    available = []
+    for method in multiprocessing.get_all_start_methods():
+        try:
+            multiprocessing.get_context(method)
+        except ValueError:
+            continue
+        available.append(method)
+    return available
+
+
+_PROCESS_CLASSES = {method: _process_class(method) for method in _available_methods()}
 
 
 class LoggingContext:
