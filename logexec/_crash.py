@@ -75,10 +75,7 @@ class MapCall:
             return f"Pool.{self.method} of {name}"
         count = len(self.items)
         noun = "item" if count == 1 else "items"
-        shown = _safe_repr(self.items)
-        if len(shown) > MAX_ARGS_CHARS:
-            shown = shown[: MAX_ARGS_CHARS - 3] + "..."
-        return f"Pool.{self.method} of {name} over {count} {noun}: {shown}"
+        return f"Pool.{self.method} of {name} over {count} {noun}: {_cut(_safe_repr(self.items))}"
 
 
 class CrashLog:
@@ -189,10 +186,11 @@ def describe_call(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[s
     """``module.qualname(args...)``, the arguments cut short."""
     parts = [_safe_repr(value) for value in args]
     parts.extend(f"{key}={_safe_repr(value)}" for key, value in kwargs.items())
-    shown = ", ".join(parts)
-    if len(shown) > MAX_ARGS_CHARS:
-        shown = shown[: MAX_ARGS_CHARS - 3] + "..."
-    return f"{_name_of(fn)}({shown})"
+    return f"{_name_of(fn)}({_cut(', '.join(parts))})"
+
+
+def _cut(shown: str) -> str:
+    return shown if len(shown) <= MAX_ARGS_CHARS else shown[: MAX_ARGS_CHARS - 3] + "..."
 
 
 def _name_of(fn: Callable[..., Any]) -> str:
